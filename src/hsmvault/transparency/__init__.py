@@ -1,0 +1,3 @@
+"""Validation bundles, the witness service and its append-only Merkle audit log.
+(Built with the fleet-keys issue.)
+"""

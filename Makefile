@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests need (installed with apt-get when absent).
-DEB_PACKAGES := libsodium23
+DEB_PACKAGES := libsodium23 softhsm2
 
 .PHONY: test lint typecheck contracts pytest demo bench deps venv clean
 

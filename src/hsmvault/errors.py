@@ -14,12 +14,14 @@ __all__ = [
     "BackupFormatError",
     "ChunkAuthenticationError",
     "ChunkOrderError",
+    "CustodyError",
     "DecodeError",
     "DuplicateChunkError",
     "InvalidLogin",
     "InvalidParameter",
     "LockedOut",
     "ProtocolStateError",
+    "RollbackError",
     "TrailingDataError",
     "TruncatedBackupError",
     "Unavailable",
@@ -50,6 +52,17 @@ class VerificationError(VaultError):
 class InvalidLogin(VerificationError):
     """An authentication attempt failed. Outward, every OPAQUE failure is this one error:
     a wrong password, a tampered message and a forged server response look the same."""
+
+
+class RollbackError(VerificationError):
+    """Trusted state was asked to move backwards (an older epoch, an older sealed state,
+    a lower bundle epoch than already seen)."""
+
+
+class CustodyError(VaultError):
+    """The key-custody backend cannot do its job: module or token missing, login failed,
+    keys missing, incomplete or not protected as required, or a device error. Messages
+    name what failed, never a PIN or key."""
 
 
 class LockedOut(VaultError):

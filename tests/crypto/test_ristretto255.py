@@ -286,3 +286,13 @@ def test_order_times_element_is_identity(p: Element) -> None:
 def test_scalar_times_element_equals_element_times_scalar(a: Scalar, p: Element) -> None:
     """``scalar * element`` must never read the element's bytes as a scalar."""
     assert a * p == p * a == scalar_mult(a, p)
+
+
+@given(p=elements)
+def test_encoding_with_bit_255_set_is_rejected(p: Element) -> None:
+    """libsodium 1.0.18 ignores bit 255; a valid point with it set must not decode to a
+    second byte string for the same element (RFC 9496 §4.3.1)."""
+    malleated = bytearray(bytes(p))
+    malleated[31] |= 0x80
+    with pytest.raises(DecodeError):
+        Element.from_bytes(bytes(malleated), allow_identity=True)

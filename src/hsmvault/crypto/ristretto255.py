@@ -147,7 +147,10 @@ class Element:
             if allow_identity:
                 return cls(data)
             raise DecodeError("group element is the identity")
-        if not pysodium.crypto_core_ristretto255_is_valid_point(data):
+        # RFC 9496 §4.3.1: a canonical encoding is below p < 2^255, so bit 255 is clear.
+        # libsodium 1.0.18 (Debian 12's libsodium23) ignores that bit and decodes such a
+        # string to the same point as the canonical one; we refuse the malleable form.
+        if data[-1] & 0x80 or not pysodium.crypto_core_ristretto255_is_valid_point(data):
             raise DecodeError("bytes are not a canonical ristretto255 encoding")
         return cls(data)
 

@@ -1,0 +1,672 @@
+"""The HSM node's one door: every request a node accepts and the response paired with it.
+
+A node exposes exactly one call, ``handle(request_bytes) -> response_bytes``
+(:class:`hsmvault.hsm.vault_service.VaultService`). This module defines what may travel
+through it: a closed, tagged union of request types, each paired with one response type
+(:data:`RESPONSE_FOR`), and a closed :class:`Outcome` enum that every response carries.
+
+Encoding (version :data:`API_VERSION`), all integers big-endian::
+
+    request   = version u8 || tag u8 || fields
+    response  = version u8 || tag u8 || outcome u8 || (fields, only if outcome == OK)
+
+Fields are listed per class in declaration order; each is a ``u8``/``u32`` with a range,
+a boolean byte (0 or 1), fixed-length bytes, or bytes with a 1- or 2-byte length prefix
+and declared bounds (:mod:`hsmvault.wire.encoding`). A response whose outcome is not
+``OK`` carries no payload at all, and its payload attributes hold their empty defaults.
+
+Parsing is strict: unknown version or tag, a field out of bounds, a short read, an
+outcome/payload mismatch or trailing bytes raise :class:`~hsmvault.errors.DecodeError`
+and nothing else. Constructors check the same rules (also raising ``DecodeError``), so
+every instance is encodable and ``from_bytes(to_bytes(m)) == m``.
+
+``wire`` imports no crypto: OPAQUE messages (KE1, KE2, KE3, records), KSF parameters and
+sealed boxes are opaque length-bounded byte strings here; the node parses them with the
+crypto types before using them. Fixed sizes that are ours (session id, credential nonce,
+authenticator) are constants below.
+
+``repr`` shows field lengths, never field bytes: no wire message ever prints a secret.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, ClassVar, Final, Self, TypeAlias, cast
+
+from hsmvault.errors import DecodeError, InvalidParameter
+from hsmvault.wire.encoding import Reader, Writer
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = [
+    "API_VERSION",
+    "AUTHENTICATOR_LEN",
+    "CREDENTIAL_NONCE_LEN",
+    "DEFAULT_GUESS_LIMIT",
+    "MAX_GUESS_LIMIT",
+    "MAX_OPAQUE_MESSAGE_LEN",
+    "MAX_SEALED_KEY_LEN",
+    "MAX_USER_ID_LEN",
+    "MAX_WRAPPED_KEY_LEN",
+    "MIN_GUESS_LIMIT",
+    "RESPONSE_FOR",
+    "SESSION_ID_LEN",
+    "AttemptsRemainingRequest",
+    "AttemptsRemainingResponse",
+    "ChangeSecretRequest",
+    "ChangeSecretResponse",
+    "DeleteRequest",
+    "DeleteResponse",
+    "ErrorResponse",
+    "LoginFinishRequest",
+    "LoginFinishResponse",
+    "LoginStartRequest",
+    "LoginStartResponse",
+    "Outcome",
+    "RegisterRequest",
+    "RegisterResponse",
+    "RegistrationStartRequest",
+    "RegistrationStartResponse",
+    "Request",
+    "Response",
+    "StatusRequest",
+    "StatusResponse",
+    "decode_request",
+    "decode_response",
+    "refusal_for",
+]
+
+#: Version byte that starts every request and response.
+API_VERSION: Final = 1
+#: User ids are 1..255 opaque bytes (chosen by the host's routing layer).
+MAX_USER_ID_LEN: Final = 255
+#: Login session ids: 16 random bytes chosen by the node.
+SESSION_ID_LEN: Final = 16
+#: Per-registration nonce chosen by the node (see ``RegistrationStartResponse``).
+CREDENTIAL_NONCE_LEN: Final = 32
+#: Session authenticator on change-secret and delete requests (HMAC-SHA512 output).
+AUTHENTICATOR_LEN: Final = 64
+#: Bound on any OPAQUE message or record carried as bytes (the real ones are <= 320).
+MAX_OPAQUE_MESSAGE_LEN: Final = 1024
+#: Bound on encoded KSF parameters (the real encoding is 14 bytes).
+MAX_KSF_PARAMS_LEN: Final = 64
+#: Bound on the client's wrapped backup key sealed to the fleet: 1 KiB.
+MAX_WRAPPED_KEY_LEN: Final = 1024
+#: Bound on the wrapped key re-sealed to a login session (session box overhead <= 64).
+MAX_SEALED_KEY_LEN: Final = MAX_WRAPPED_KEY_LEN + 64
+#: Guess limits a record may have, and the default.
+MIN_GUESS_LIMIT: Final = 1
+MAX_GUESS_LIMIT: Final = 255
+DEFAULT_GUESS_LIMIT: Final = 10
+
+
+class Outcome(enum.IntEnum):
+    """The closed set of results at the boundary. Every response carries one."""
+
+    OK = 0
+    #: Wrong secret, forged KE3 or bad session authenticator (one outcome for all).
+    INVALID_LOGIN = 1
+    #: The record's guess limit was reached; its key material is gone for good.
+    LOCKED_OUT = 2
+    #: No quorum / overloaded / internal failure: retrying later may succeed.
+    UNAVAILABLE = 3
+    #: The request did not parse or a field is out of range. Nothing changed.
+    BAD_REQUEST = 4
+    #: Register without ``replace`` for a user id that has a record.
+    ALREADY_REGISTERED = 5
+    #: The session id is unknown, expired, used, or not in the required phase.
+    NO_SESSION = 6
+
+
+# --------------------------------------------------------------------------- field kinds
+
+
+@dataclass(frozen=True, slots=True)
+class _Int:
+    width: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Bool:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Var:
+    prefix: int
+    min_len: int
+    max_len: int
+
+
+_Field: TypeAlias = _Int | _Bool | _Fixed | _Var
+
+_USER_ID = _Var(1, 1, MAX_USER_ID_LEN)
+_OPAQUE = _Var(2, 1, MAX_OPAQUE_MESSAGE_LEN)
+_KSF = _Var(1, 1, MAX_KSF_PARAMS_LEN)
+_WRAPPED = _Var(2, 1, MAX_WRAPPED_KEY_LEN)
+_SEALED = _Var(2, 1, MAX_SEALED_KEY_LEN)
+_SESSION_ID = _Fixed(SESSION_ID_LEN)
+_NONCE = _Fixed(CREDENTIAL_NONCE_LEN)
+_AUTHENTICATOR = _Fixed(AUTHENTICATOR_LEN)
+_GUESS_LIMIT = _Int(1, MIN_GUESS_LIMIT, MAX_GUESS_LIMIT)
+_REMAINING = _Int(1, 0, MAX_GUESS_LIMIT)
+_COUNT = _Int(4, 0, 0xFFFF_FFFF)
+
+
+def _write_field(w: Writer, kind: _Field, value: object) -> None:
+    match kind:
+        case _Int(width, lo, hi):
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise InvalidParameter(f"integer field must be in {lo}..{hi}")
+            {1: w.u8, 4: w.u32}[width](value)
+        case _Bool():
+            if not isinstance(value, bool):
+                raise InvalidParameter("boolean field must be a bool")
+            w.boolean(value)
+        case _Fixed(length):
+            if not isinstance(value, bytes):
+                raise InvalidParameter("bytes field must be bytes")
+            w.fixed(value, length)
+        case _Var(prefix, min_len, max_len):
+            if not isinstance(value, bytes):
+                raise InvalidParameter("bytes field must be bytes")
+            w.var_bytes(value, prefix=prefix, max_len=max_len, min_len=min_len)
+
+
+def _read_field(r: Reader, kind: _Field) -> object:
+    match kind:
+        case _Int(width, lo, hi):
+            value = r.u8() if width == 1 else r.u32()
+            if not lo <= value <= hi:
+                raise DecodeError(f"integer field must be in {lo}..{hi}")
+            return value
+        case _Bool():
+            return r.boolean()
+        case _Fixed(length):
+            return r.fixed(length)
+        case _Var(prefix, min_len, max_len):
+            return r.var_bytes(prefix=prefix, max_len=max_len, min_len=min_len)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _empty(kind: _Field) -> object:
+    """The value a payload field holds when the outcome is not OK."""
+    match kind:
+        case _Int():
+            return 0
+        case _Bool():
+            return False
+    return b""
+
+
+def _header(r: Reader) -> int:
+    if r.u8() != API_VERSION:
+        raise DecodeError("unknown HSM API version")
+    return r.u8()
+
+
+# --------------------------------------------------------------------------- bases
+
+
+class _Message:
+    """Shared machinery: encode/decode from the ``_FIELDS`` table, redacted ``repr``."""
+
+    __slots__ = ()
+    TAG: ClassVar[int]
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]]
+
+    def _write_fields(self, w: Writer, table: tuple[tuple[str, _Field], ...]) -> None:
+        for name, kind in table:
+            _write_field(w, kind, getattr(self, name))
+
+    @classmethod
+    def _read_fields(cls, r: Reader, table: tuple[tuple[str, _Field], ...]) -> dict[str, object]:
+        return {name: _read_field(r, kind) for name, kind in table}
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(cast("DataclassInstance", self)):  # every subclass is a dataclass
+            value = getattr(self, f.name)
+            if isinstance(value, bytes):
+                parts.append(f"{f.name}=<{len(value)} bytes>")
+            elif isinstance(value, enum.Enum):
+                parts.append(f"{f.name}={value.name}")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class _RequestBase(_Message):
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        try:
+            self._write_fields(Writer(), self._FIELDS)
+        except InvalidParameter as exc:
+            raise DecodeError(f"{type(self).__name__}: {exc}") from None
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: version, tag, fields."""
+        w = Writer().u8(API_VERSION).u8(self.TAG)
+        self._write_fields(w, self._FIELDS)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Parse strictly; raises :class:`DecodeError` (also for another request type)."""
+        r = Reader(data)
+        if _header(r) != cls.TAG:
+            raise DecodeError(f"not a {cls.__name__}")
+        return cls._body(r)
+
+    @classmethod
+    def _body(cls, r: Reader) -> Self:
+        values = cls._read_fields(r, cls._FIELDS)
+        r.finish()
+        factory: Callable[..., Self] = cls
+        return factory(**values)
+
+
+class _ResponseBase(_Message):
+    __slots__ = ()
+
+    def _outcome(self) -> Outcome:
+        value: Outcome = getattr(self, "outcome")  # noqa: B009 - declared by subclasses
+        return value
+
+    def __post_init__(self) -> None:
+        outcome = self._outcome()
+        if not isinstance(outcome, Outcome):
+            raise DecodeError(f"{type(self).__name__}: outcome must be an Outcome")
+        if outcome is Outcome.OK:
+            try:
+                self._write_fields(Writer(), self._FIELDS)
+            except InvalidParameter as exc:
+                raise DecodeError(f"{type(self).__name__}: {exc}") from None
+        elif any(getattr(self, name) != _empty(kind) for name, kind in self._FIELDS):
+            raise DecodeError(f"{type(self).__name__}: a refusal carries no payload")
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: version, tag, outcome, payload only if OK."""
+        outcome = self._outcome()
+        w = Writer().u8(API_VERSION).u8(self.TAG).u8(outcome)
+        if outcome is Outcome.OK:
+            self._write_fields(w, self._FIELDS)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Parse strictly; raises :class:`DecodeError` (also for another response type)."""
+        r = Reader(data)
+        if _header(r) != cls.TAG:
+            raise DecodeError(f"not a {cls.__name__}")
+        return cls._body(r)
+
+    @classmethod
+    def _body(cls, r: Reader) -> Self:
+        try:
+            outcome = Outcome(r.u8())
+        except ValueError:
+            raise DecodeError("unknown outcome") from None
+        values: dict[str, object] = {"outcome": outcome}
+        if outcome is Outcome.OK:
+            values.update(cls._read_fields(r, cls._FIELDS))
+        r.finish()
+        factory: Callable[..., Self] = cls
+        return factory(**values)
+
+    @classmethod
+    def refused(cls, outcome: Outcome) -> Self:
+        """This response type with a non-OK ``outcome`` and no payload."""
+        if outcome is Outcome.OK:
+            raise InvalidParameter("a refusal needs a non-OK outcome")
+        factory: Callable[..., Self] = cls
+        return factory(outcome=outcome)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RegistrationStartRequest(_RequestBase):
+    """OPAQUE registration, first step (RFC 9807 §5.2.2): ``registration_request`` is a
+    ``RegistrationRequest``. Stateless on the node; see ``RegistrationStartResponse``."""
+
+    TAG: ClassVar[int] = 0x01
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("user_id", _USER_ID),
+        ("registration_request", _OPAQUE),
+    )
+
+    user_id: bytes
+    registration_request: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RegisterRequest(_RequestBase):
+    """Store a record: the OPAQUE ``RegistrationRecord``, the KSF parameters the client
+    used, the client's wrapped backup key (sealed to the fleet, opaque to the node), the
+    guess limit (1..255, default 10), and the ``credential_nonce`` the node issued in
+    ``RegistrationStartResponse``. ``replace`` overwrites an existing record (and is the
+    explicit re-enrolment of a locked-out user id; see ``hsm.vault_state``)."""
+
+    TAG: ClassVar[int] = 0x02
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("user_id", _USER_ID),
+        ("credential_nonce", _NONCE),
+        ("registration_record", _OPAQUE),
+        ("ksf_params", _KSF),
+        ("wrapped_key", _WRAPPED),
+        ("guess_limit", _GUESS_LIMIT),
+        ("replace", _Bool()),
+    )
+
+    user_id: bytes
+    credential_nonce: bytes
+    registration_record: bytes
+    ksf_params: bytes
+    wrapped_key: bytes
+    guess_limit: int = DEFAULT_GUESS_LIMIT
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LoginStartRequest(_RequestBase):
+    """OPAQUE login, first message: ``ke1`` is a ``KE1`` (RFC 9807 §6.1)."""
+
+    TAG: ClassVar[int] = 0x03
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("user_id", _USER_ID),
+        ("ke1", _OPAQUE),
+    )
+
+    user_id: bytes
+    ke1: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LoginFinishRequest(_RequestBase):
+    """OPAQUE login, last message: ``ke3`` (RFC 9807 §6.1) for the session the node
+    opened in ``LoginStartResponse``."""
+
+    TAG: ClassVar[int] = 0x04
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("session_id", _SESSION_ID),
+        ("ke3", _OPAQUE),
+    )
+
+    session_id: bytes
+    ke3: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AttemptsRemainingRequest(_RequestBase):
+    """How many guesses the user's record has left (read of committed state)."""
+
+    TAG: ClassVar[int] = 0x05
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (("user_id", _USER_ID),)
+
+    user_id: bytes
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ChangeSecretRequest(_RequestBase):
+    """Replace the record of the user of a session that just completed a successful
+    login. The new record comes from a fresh ``RegistrationStart`` (its nonce).
+
+    ``authenticator`` proves knowledge of the session key (the session id alone travels
+    through the untrusted host): HMAC over :meth:`authenticated_bytes` under a key
+    derived from the OPAQUE session key (``crypto.session_box``)."""
+
+    TAG: ClassVar[int] = 0x06
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("session_id", _SESSION_ID),
+        ("credential_nonce", _NONCE),
+        ("registration_record", _OPAQUE),
+        ("ksf_params", _KSF),
+        ("wrapped_key", _WRAPPED),
+        ("authenticator", _AUTHENTICATOR),
+    )
+
+    session_id: bytes
+    credential_nonce: bytes
+    registration_record: bytes
+    ksf_params: bytes
+    wrapped_key: bytes
+    authenticator: bytes
+
+    def authenticated_bytes(self) -> bytes:
+        """What ``authenticator`` covers: the encoding without the authenticator."""
+        return self.to_bytes()[:-AUTHENTICATOR_LEN]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DeleteRequest(_RequestBase):
+    """Delete the record of the user of a session that just completed a successful
+    login; ``authenticator`` as in :class:`ChangeSecretRequest`."""
+
+    TAG: ClassVar[int] = 0x07
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("session_id", _SESSION_ID),
+        ("authenticator", _AUTHENTICATOR),
+    )
+
+    session_id: bytes
+    authenticator: bytes
+
+    def authenticated_bytes(self) -> bytes:
+        """What ``authenticator`` covers: the encoding without the authenticator."""
+        return self.to_bytes()[:-AUTHENTICATOR_LEN]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StatusRequest(_RequestBase):
+    """Liveness and coarse counters of the node."""
+
+    TAG: ClassVar[int] = 0x08
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
+
+
+# --------------------------------------------------------------------------- responses
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RegistrationStartResponse(_ResponseBase):
+    """``registration_response`` (RFC 9807 §5.1) and the ``credential_nonce`` the record
+    must be registered with. The node derives the OPRF key from user id *and* this fresh
+    random nonce, so OPRF evaluations obtained here never apply to any stored record:
+    registration cannot be used as an uncounted password-guessing oracle."""
+
+    TAG: ClassVar[int] = 0x81
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("credential_nonce", _NONCE),
+        ("registration_response", _OPAQUE),
+    )
+
+    outcome: Outcome
+    credential_nonce: bytes = b""
+    registration_response: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RegisterResponse(_ResponseBase):
+    """OK, ALREADY_REGISTERED, LOCKED_OUT (tombstoned id without ``replace``),
+    BAD_REQUEST or UNAVAILABLE."""
+
+    TAG: ClassVar[int] = 0x82
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LoginStartResponse(_ResponseBase):
+    """``ke2`` (RFC 9807 §6.1), the session to finish, the KSF parameters the client
+    must stretch with, and the guesses left *after* this attempt. Sent only after the
+    guess counter's increment was committed. Unknown users get the same shape."""
+
+    TAG: ClassVar[int] = 0x83
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("session_id", _SESSION_ID),
+        ("ke2", _OPAQUE),
+        ("ksf_params", _KSF),
+        ("attempts_remaining", _REMAINING),
+    )
+
+    outcome: Outcome
+    session_id: bytes = b""
+    ke2: bytes = b""
+    ksf_params: bytes = b""
+    attempts_remaining: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LoginFinishResponse(_ResponseBase):
+    """On OK, the wrapped key sealed to the OPAQUE session key (``crypto.session_box``,
+    label ``LABEL_WRAPPED_KEY``)."""
+
+    TAG: ClassVar[int] = 0x84
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (("sealed_wrapped_key", _SEALED),)
+
+    outcome: Outcome
+    sealed_wrapped_key: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AttemptsRemainingResponse(_ResponseBase):
+    """Guesses left (committed state of this node)."""
+
+    TAG: ClassVar[int] = 0x85
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (("attempts_remaining", _REMAINING),)
+
+    outcome: Outcome
+    attempts_remaining: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ChangeSecretResponse(_ResponseBase):
+    """OK once the new record is committed."""
+
+    TAG: ClassVar[int] = 0x86
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DeleteResponse(_ResponseBase):
+    """OK once the deletion is committed."""
+
+    TAG: ClassVar[int] = 0x87
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StatusResponse(_ResponseBase):
+    """Coarse counters: live records, locked-out tombstones, open login sessions."""
+
+    TAG: ClassVar[int] = 0x88
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("record_count", _COUNT),
+        ("tombstone_count", _COUNT),
+        ("open_sessions", _COUNT),
+    )
+
+    outcome: Outcome
+    record_count: int = 0
+    tombstone_count: int = 0
+    open_sessions: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ErrorResponse(_ResponseBase):
+    """The answer to bytes that are not any request (so no paired type is known):
+    always a non-OK outcome, normally BAD_REQUEST."""
+
+    TAG: ClassVar[int] = 0xFF
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
+
+    outcome: Outcome
+
+    def __post_init__(self) -> None:
+        _ResponseBase.__post_init__(self)
+        if self.outcome is Outcome.OK:
+            raise DecodeError("ErrorResponse: outcome cannot be OK")
+
+
+# --------------------------------------------------------------------------- unions
+
+Request: TypeAlias = (
+    RegistrationStartRequest
+    | RegisterRequest
+    | LoginStartRequest
+    | LoginFinishRequest
+    | AttemptsRemainingRequest
+    | ChangeSecretRequest
+    | DeleteRequest
+    | StatusRequest
+)
+Response: TypeAlias = (
+    RegistrationStartResponse
+    | RegisterResponse
+    | LoginStartResponse
+    | LoginFinishResponse
+    | AttemptsRemainingResponse
+    | ChangeSecretResponse
+    | DeleteResponse
+    | StatusResponse
+    | ErrorResponse
+)
+
+#: Each request type and the one response type that answers it.
+RESPONSE_FOR: Final[dict[type[_RequestBase], type[_ResponseBase]]] = {
+    RegistrationStartRequest: RegistrationStartResponse,
+    RegisterRequest: RegisterResponse,
+    LoginStartRequest: LoginStartResponse,
+    LoginFinishRequest: LoginFinishResponse,
+    AttemptsRemainingRequest: AttemptsRemainingResponse,
+    ChangeSecretRequest: ChangeSecretResponse,
+    DeleteRequest: DeleteResponse,
+    StatusRequest: StatusResponse,
+}
+_REQUESTS: Final[dict[int, type[_RequestBase]]] = {cls.TAG: cls for cls in RESPONSE_FOR}
+_RESPONSE_TYPES: Final[tuple[type[_ResponseBase], ...]] = (*RESPONSE_FOR.values(), ErrorResponse)
+_RESPONSES: Final[dict[int, type[_ResponseBase]]] = {cls.TAG: cls for cls in _RESPONSE_TYPES}
+
+
+def decode_request(data: bytes) -> Request:
+    """Parse any request strictly; raises :class:`DecodeError` only."""
+    r = Reader(data)
+    cls = _REQUESTS.get(_header(r))
+    if cls is None:
+        raise DecodeError("unknown request type")
+    return cast(Request, cls._body(r))
+
+
+def decode_response(data: bytes) -> Response:
+    """Parse any response strictly; raises :class:`DecodeError` only."""
+    r = Reader(data)
+    cls = _RESPONSES.get(_header(r))
+    if cls is None:
+        raise DecodeError("unknown response type")
+    return cast(Response, cls._body(r))
+
+
+def refusal_for(request: Request | None, outcome: Outcome) -> Response:
+    """The response type paired with ``request`` (:class:`ErrorResponse` for ``None``,
+    i.e. bytes that were no request), carrying the non-OK ``outcome``."""
+    if request is None:
+        return ErrorResponse(outcome)
+    return cast(Response, RESPONSE_FOR[type(request)].refused(outcome))

@@ -1,0 +1,596 @@
+"""The node's one door, end to end with a real OPAQUE client and an in-process fleet.
+
+Each test is named after the property it defends. A tiny Argon2id cost keeps the client
+fast; the node never runs the KSF.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hsmvault.crypto.backup_stream import BackupKey
+from hsmvault.crypto.key_wrap import PURPOSE_OPAQUE_EXPORT_KEY, unwrap_backup_key, wrap_backup_key
+from hsmvault.crypto.ksf import Argon2idKsf, KsfAlgorithm, KsfParams, UnsafeIdentityKsf
+from hsmvault.crypto.opaque import KE2, OpaqueClient, OpaqueConfig, OpaqueServer
+from hsmvault.crypto.opaque.messages import RegistrationResponse
+from hsmvault.crypto.session_box import (
+    LABEL_CHANGE_SECRET,
+    LABEL_DELETE,
+    LABEL_WRAPPED_KEY,
+    open_from_session,
+    session_authenticator,
+)
+from hsmvault.errors import InvalidLogin
+from hsmvault.hsm.vault_service import VaultService, VaultServiceConfig
+from hsmvault.hsm.vault_state import BeginAttempt, NoOp, RecordFailure, decode_command
+from hsmvault.wire import hsm_api as api
+from tests.hsm.sim import InstantConsensus
+
+KSF_PARAMS = KsfParams(KsfAlgorithm.ARGON2ID, memory_kib=8, iterations=1, parallelism=1)
+CONFIG = OpaqueConfig(ksf=Argon2idKsf(KSF_PARAMS))
+SERVER = OpaqueServer.generate(config=CONFIG)
+PIN = b"1234"
+WRONG_PIN = b"9999"
+ALICE = b"alice"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Login:
+    """What the client holds after a login attempt."""
+
+    start: api.LoginStartResponse
+    finish: api.LoginFinishResponse | None = None
+    session_key: bytes | None = None
+    backup_key: BackupKey | None = None
+
+
+class Harness:
+    """A node (service + simulated fleet) and an honest client talking bytes to it."""
+
+    def __init__(self, *, replicas: int = 3, **config: object) -> None:
+        self.clock = Clock()
+        self.fleet = InstantConsensus(replicas)
+        defaults: dict[str, object] = {"unknown_user_ksf_params": KSF_PARAMS}
+        self.service = VaultService(
+            SERVER,
+            self.fleet,
+            config=VaultServiceConfig(**(defaults | config)),  # type: ignore[arg-type]
+            clock=self.clock,
+        )
+        self.client = OpaqueClient(CONFIG)
+
+    def call(self, request: api.Request) -> api.Response:
+        return api.decode_response(self.service.handle(request.to_bytes()))
+
+    def register(
+        self, user: bytes = ALICE, pin: bytes = PIN, *, limit: int = 10, replace: bool = False
+    ) -> tuple[api.RegisterResponse, BackupKey]:
+        nonce, record, wrapped, bk = self.enrol(user, pin)
+        response = self.call(
+            api.RegisterRequest(user, nonce, record, KSF_PARAMS.to_bytes(), wrapped, limit, replace)
+        )
+        assert isinstance(response, api.RegisterResponse)
+        return response, bk
+
+    def enrol(self, user: bytes, pin: bytes) -> tuple[bytes, bytes, bytes, BackupKey]:
+        """Registration start + client finalisation: (nonce, record, wrapped key, BK)."""
+        request, state = self.client.start_registration(pin)
+        start = self.call(api.RegistrationStartRequest(user, request.to_bytes()))
+        assert isinstance(start, api.RegistrationStartResponse)
+        assert start.outcome is api.Outcome.OK
+        result = self.client.finish_registration(
+            state, RegistrationResponse.from_bytes(start.registration_response)
+        )
+        bk = BackupKey.generate()
+        wrapped = wrap_backup_key(
+            result.export_key, bk, purpose=PURPOSE_OPAQUE_EXPORT_KEY, context=user
+        )
+        return start.credential_nonce, result.record.to_bytes(), wrapped, bk
+
+    def login_start(
+        self, user: bytes = ALICE, pin: bytes = PIN
+    ) -> tuple[api.LoginStartResponse, object]:
+        ke1, state = self.client.start_login(pin)
+        response = self.call(api.LoginStartRequest(user, ke1.to_bytes()))
+        assert isinstance(response, api.LoginStartResponse)
+        return response, state
+
+    def login(self, user: bytes = ALICE, pin: bytes = PIN) -> Login:
+        """A full honest login. With a wrong PIN the client cannot build KE3 (the
+        envelope does not open), so it sends a random one, as an attacker would."""
+        ke1, state = self.client.start_login(pin)
+        start = self.call(api.LoginStartRequest(user, ke1.to_bytes()))
+        assert isinstance(start, api.LoginStartResponse)
+        login = Login(start)
+        if start.outcome is not api.Outcome.OK:
+            return login
+        try:
+            result = self.client.finish_login(state, KE2.from_bytes(start.ke2))
+        except InvalidLogin:
+            ke3 = bytes(64)
+        else:
+            ke3, login.session_key = result.ke3.to_bytes(), result.session_key
+        finish = self.call(api.LoginFinishRequest(start.session_id, ke3))
+        assert isinstance(finish, api.LoginFinishResponse)
+        login.finish = finish
+        if finish.outcome is api.Outcome.OK:
+            assert login.session_key is not None
+            wrapped = open_from_session(
+                login.session_key, finish.sealed_wrapped_key, label=LABEL_WRAPPED_KEY
+            )
+            login.backup_key = unwrap_backup_key(
+                result.export_key, wrapped, purpose=PURPOSE_OPAQUE_EXPORT_KEY, context=user
+            )
+        return login
+
+    def remaining(self, user: bytes = ALICE) -> api.AttemptsRemainingResponse:
+        response = self.call(api.AttemptsRemainingRequest(user))
+        assert isinstance(response, api.AttemptsRemainingResponse)
+        return response
+
+    def guesses_used(self, user: bytes = ALICE) -> int:
+        record = self.fleet.state().record(user)
+        assert record is not None
+        return record.guesses_used
+
+    def change_secret(
+        self, login: Login, new_pin: bytes, *, key: bytes | None = None
+    ) -> tuple[api.Response, BackupKey]:
+        nonce, record, wrapped, bk = self.enrol(ALICE, new_pin)
+        unsigned = api.ChangeSecretRequest(
+            login.start.session_id, nonce, record, KSF_PARAMS.to_bytes(), wrapped, bytes(64)
+        )
+        session_key = key if key is not None else login.session_key
+        assert session_key is not None
+        tag = session_authenticator(
+            session_key, unsigned.authenticated_bytes(), label=LABEL_CHANGE_SECRET
+        )
+        request = api.ChangeSecretRequest(
+            login.start.session_id, nonce, record, KSF_PARAMS.to_bytes(), wrapped, tag
+        )
+        return self.call(request), bk
+
+    def delete(self, login: Login, *, key: bytes | None = None) -> api.Response:
+        unsigned = api.DeleteRequest(login.start.session_id, bytes(64))
+        session_key = key if key is not None else login.session_key
+        assert session_key is not None
+        tag = session_authenticator(session_key, unsigned.authenticated_bytes(), label=LABEL_DELETE)
+        return self.call(api.DeleteRequest(login.start.session_id, tag))
+
+
+@pytest.fixture
+def node() -> Harness:
+    return Harness()
+
+
+@pytest.fixture
+def enrolled() -> tuple[Harness, BackupKey]:
+    harness = Harness()
+    response, bk = harness.register()
+    assert response.outcome is api.Outcome.OK
+    return harness, bk
+
+
+# ------------------------------------------------------------------ property 1
+
+
+def test_right_pin_releases_the_wrapped_backup_key(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, bk = enrolled
+    login = node.login()
+    assert login.start.attempts_remaining == 9
+    assert login.finish is not None
+    assert login.finish.outcome is api.Outcome.OK
+    assert login.backup_key == bk
+    assert node.guesses_used() == 0  # a correct KE3 resets the counter
+
+
+def test_wrong_pin_costs_one_attempt_and_releases_nothing(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    login = node.login(pin=WRONG_PIN)
+    assert login.finish is not None
+    assert login.finish.outcome is api.Outcome.INVALID_LOGIN
+    assert login.finish.sealed_wrapped_key == b""
+    assert node.remaining().attempts_remaining == 9
+    assert node.login(pin=WRONG_PIN).start.attempts_remaining == 8
+    assert node.login().backup_key is not None
+    assert node.remaining().attempts_remaining == 10
+
+
+def test_guess_increment_is_committed_before_ke2_leaves(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    log_before = len(node.fleet.log)
+    start, _ = node.login_start()
+    assert start.outcome is api.Outcome.OK
+    assert [decode_command(c) for c in node.fleet.log[log_before:]] == [BeginAttempt(ALICE)]
+    assert all(r.record(ALICE).guesses_used == 1 for r in node.fleet.replicas)  # type: ignore[union-attr]
+
+
+def test_no_ke2_leaves_when_the_increment_cannot_commit(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    snapshots = node.fleet.snapshots()
+    node.fleet.available = False
+    start, _ = node.login_start()
+    assert start.outcome is api.Outcome.UNAVAILABLE
+    assert start.ke2 == b""
+    assert start.session_id == b""
+    assert node.service.open_sessions == 0
+    assert node.fleet.snapshots() == snapshots
+
+
+def test_wrong_ke3_keeps_the_increment(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, _ = enrolled
+    start, _ = node.login_start()
+    finish = node.call(api.LoginFinishRequest(start.session_id, b"\x01" * 64))
+    assert finish.outcome is api.Outcome.INVALID_LOGIN
+    assert isinstance(decode_command(node.fleet.log[-1]), RecordFailure)
+    assert node.guesses_used() == 1
+
+
+def test_wrong_ke3_during_an_outage_still_keeps_the_increment(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    start, _ = node.login_start()
+    node.fleet.available = False
+    finish = node.call(api.LoginFinishRequest(start.session_id, b"\x01" * 64))
+    assert finish.outcome is api.Outcome.UNAVAILABLE
+    assert node.guesses_used() == 1
+
+
+# ------------------------------------------------------------------ limit
+
+
+def test_limit_reached_locks_out_and_erases_the_record_in_every_replica(node: Harness) -> None:
+    _, _bk = node.register(limit=3)
+    for expected in (2, 1, 0):
+        login = node.login(pin=WRONG_PIN)
+        assert login.start.attempts_remaining == expected
+    # The third failure reached the limit: the material is gone in every replica.
+    for replica in node.fleet.replicas:
+        assert replica.record(ALICE) is None
+        assert replica.is_locked_out(ALICE)
+    assert len(set(node.fleet.snapshots())) == 1
+    assert node.login().start.outcome is api.Outcome.LOCKED_OUT  # even with the right PIN
+    assert node.remaining().outcome is api.Outcome.LOCKED_OUT
+    assert node.register()[0].outcome is api.Outcome.LOCKED_OUT  # no silent re-enrolment
+
+
+def test_unfinished_attempts_count_and_the_next_start_erases(node: Harness) -> None:
+    node.register(limit=2)
+    node.login_start()
+    node.login_start()  # both attempts used, never finished
+    assert node.login().start.outcome is api.Outcome.LOCKED_OUT
+    assert node.fleet.state().record(ALICE) is None
+
+
+def test_last_allowed_attempt_with_the_right_pin_succeeds(node: Harness) -> None:
+    _, bk = node.register(limit=3)
+    node.login(pin=WRONG_PIN)
+    node.login(pin=WRONG_PIN)
+    login = node.login()
+    assert login.start.attempts_remaining == 0
+    assert login.backup_key == bk
+    assert node.remaining().attempts_remaining == 3
+
+
+def test_explicit_reenrolment_after_lockout_gives_a_new_record(node: Harness) -> None:
+    node.register(limit=1)
+    node.login(pin=WRONG_PIN)
+    response, bk = node.register(pin=b"new", replace=True)
+    assert response.outcome is api.Outcome.OK
+    assert node.login(pin=b"new").backup_key == bk
+
+
+# ------------------------------------------------------------------ unknown users
+
+
+def test_unknown_user_gets_a_response_of_identical_shape(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    log_before = len(node.fleet.log)
+    real, _ = node.login_start(ALICE, WRONG_PIN)
+    fake, fake_state = node.login_start(b"mallory", WRONG_PIN)
+    real_bytes, fake_bytes = real.to_bytes(), fake.to_bytes()
+    assert len(real_bytes) == len(fake_bytes)
+    assert fake.outcome is api.Outcome.OK
+    assert fake.attempts_remaining == real.attempts_remaining == 9
+    assert fake.ksf_params == real.ksf_params
+    assert len(fake.ke2) == len(real.ke2) == KE2.LEN
+    assert len(node.fleet.log) == log_before + 2  # one committed command each
+    # The client cannot log in against the fake record, and finishing costs one round.
+    with pytest.raises(InvalidLogin):
+        node.client.finish_login(fake_state, KE2.from_bytes(fake.ke2))  # type: ignore[arg-type]
+    finish = node.call(api.LoginFinishRequest(fake.session_id, bytes(64)))
+    assert finish.outcome is api.Outcome.INVALID_LOGIN
+    assert decode_command(node.fleet.log[-1]) == NoOp()
+    assert node.remaining(b"mallory").attempts_remaining == 10
+
+
+def test_unknown_user_answers_are_stable_per_user(node: Harness) -> None:
+    ke1, _ = node.client.start_login(PIN)
+    first = node.call(api.LoginStartRequest(b"ghost", ke1.to_bytes()))
+    second = node.call(api.LoginStartRequest(b"ghost", ke1.to_bytes()))
+    assert isinstance(first, api.LoginStartResponse)
+    assert isinstance(second, api.LoginStartResponse)
+    # the OPRF evaluation (first 32 bytes of KE2) is keyed per user id, like a real one
+    assert first.ke2[:32] == second.ke2[:32]
+    assert first.session_id != second.session_id
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def test_login_session_is_single_use(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, _ = enrolled
+    login = node.login()
+    assert login.finish is not None
+    replay = node.call(api.LoginFinishRequest(login.start.session_id, bytes(64)))
+    assert replay.outcome is api.Outcome.NO_SESSION
+
+
+def test_login_session_expires(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, _ = enrolled
+    start, state = node.login_start()
+    result = node.client.finish_login(state, KE2.from_bytes(start.ke2))  # type: ignore[arg-type]
+    node.clock.now += 121
+    finish = node.call(api.LoginFinishRequest(start.session_id, result.ke3.to_bytes()))
+    assert finish.outcome is api.Outcome.NO_SESSION
+    assert node.guesses_used() == 1  # the attempt still counts
+
+
+def test_sessions_are_bounded_and_a_full_table_counts_no_guess() -> None:
+    node = Harness(max_sessions=2)
+    node.register()
+    node.login_start()
+    node.login_start()
+    third, _ = node.login_start()
+    assert third.outcome is api.Outcome.UNAVAILABLE
+    assert node.guesses_used() == 2
+    node.clock.now += 121  # expired sessions free their slots
+    assert node.login_start()[0].outcome is api.Outcome.OK
+
+
+# ------------------------------------------------------------------ change / delete
+
+
+def test_change_secret_in_a_fresh_successful_session(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, _ = enrolled
+    login = node.login()
+    response, new_bk = node.change_secret(login, b"5678")
+    assert response.outcome is api.Outcome.OK
+    assert node.login().finish.outcome is api.Outcome.INVALID_LOGIN  # type: ignore[union-attr]
+    assert node.login(pin=b"5678").backup_key == new_bk
+    # the session was consumed
+    again, _ = node.change_secret(login, b"0000")
+    assert again.outcome is api.Outcome.NO_SESSION
+
+
+def test_change_secret_refused_without_a_successful_session(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    key = bytes(64)
+    pending = Login(node.login_start()[0])
+    assert node.change_secret(pending, b"x", key=key)[0].outcome is api.Outcome.NO_SESSION
+    failed = node.login(pin=WRONG_PIN)
+    assert node.change_secret(failed, b"x", key=key)[0].outcome is api.Outcome.NO_SESSION
+    stale = node.login()
+    node.clock.now += 301
+    assert node.change_secret(stale, b"x")[0].outcome is api.Outcome.NO_SESSION
+    assert node.delete(stale).outcome is api.Outcome.NO_SESSION
+    assert node.login().backup_key is not None  # PIN unchanged
+
+
+def test_stolen_session_id_without_the_session_key_changes_nothing(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    login = node.login()
+    snapshots = node.fleet.snapshots()
+    forged_key = b"\x42" * 64
+    assert (
+        node.change_secret(login, b"evil", key=forged_key)[0].outcome is api.Outcome.INVALID_LOGIN
+    )
+    assert node.delete(login, key=forged_key).outcome is api.Outcome.INVALID_LOGIN
+    assert node.fleet.snapshots() == snapshots
+    assert node.delete(login).outcome is api.Outcome.OK  # the real holder still can
+
+
+def test_delete_in_a_fresh_session_removes_the_record_everywhere(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    login = node.login()
+    assert node.delete(login).outcome is api.Outcome.OK
+    assert all(r.record(ALICE) is None for r in node.fleet.replicas)
+    assert all(not r.is_locked_out(ALICE) for r in node.fleet.replicas)
+    after = node.login()
+    assert after.start.outcome is api.Outcome.OK  # now answered like an unknown user
+    assert after.finish is not None
+    assert after.finish.outcome is api.Outcome.INVALID_LOGIN
+
+
+def test_session_from_a_replaced_record_cannot_change_the_new_one(node: Harness) -> None:
+    node.register()
+    login = node.login()
+    node.register(pin=b"other", replace=True)  # re-enrolled elsewhere meanwhile
+    assert node.change_secret(login, b"evil")[0].outcome is api.Outcome.NO_SESSION
+    assert node.login(pin=b"other").backup_key is not None
+
+
+# ------------------------------------------------------------------ registration
+
+
+def test_register_twice_is_refused_unless_replace(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, _ = enrolled
+    assert node.register(pin=b"2")[0].outcome is api.Outcome.ALREADY_REGISTERED
+    response, bk = node.register(pin=b"2", replace=True)
+    assert response.outcome is api.Outcome.OK
+    assert node.login(pin=b"2").backup_key == bk
+
+
+def test_registration_start_never_reuses_an_oprf_key(node: Harness) -> None:
+    request, _ = node.client.start_registration(PIN)
+    message = api.RegistrationStartRequest(ALICE, request.to_bytes())
+    first, second = node.call(message), node.call(message)
+    assert isinstance(first, api.RegistrationStartResponse)
+    assert isinstance(second, api.RegistrationStartResponse)
+    assert first.credential_nonce != second.credential_nonce
+    assert first.registration_response[:32] != second.registration_response[:32]
+    assert node.fleet.log == []  # stateless
+
+
+def test_identity_ksf_is_refused_unless_unsafely_allowed(node: Harness) -> None:
+    nonce, record, wrapped, _ = node.enrol(ALICE, PIN)
+    identity = UnsafeIdentityKsf().params.to_bytes()
+    request = api.RegisterRequest(ALICE, nonce, record, identity, wrapped)
+    assert node.call(request).outcome is api.Outcome.BAD_REQUEST
+    permissive = Harness(unsafe_allow_identity_ksf=True)
+    assert permissive.call(request).outcome is api.Outcome.OK
+
+
+def test_status_reports_counts(enrolled: tuple[Harness, BackupKey]) -> None:
+    node, _ = enrolled
+    node.login_start()
+    status = node.call(api.StatusRequest())
+    assert status == api.StatusResponse(api.Outcome.OK, 1, 0, 1)
+
+
+# ------------------------------------------------------------------ malformed input
+
+
+def _malformed_requests(node: Harness) -> list[tuple[str, bytes]]:
+    """Malformed or forged bytes for every entry point."""
+    nonce, record, wrapped, _ = node.enrol(b"bob", PIN)
+    ksf = KSF_PARAMS.to_bytes()
+    start, _ = node.login_start()
+    ke1, _ = node.client.start_login(PIN)
+    bad_point = b"\xff" * 32
+    valid: list[api.Request] = [
+        api.RegistrationStartRequest(ALICE, ke1.to_bytes()[:32]),
+        api.RegisterRequest(b"bob", nonce, record, ksf, wrapped),
+        api.LoginStartRequest(ALICE, ke1.to_bytes()),
+        api.LoginFinishRequest(start.session_id, bytes(64)),
+        api.AttemptsRemainingRequest(ALICE),
+        api.ChangeSecretRequest(start.session_id, nonce, record, ksf, wrapped, bytes(64)),
+        api.DeleteRequest(start.session_id, bytes(64)),
+        api.StatusRequest(),
+    ]
+    cases: list[tuple[str, bytes]] = [("empty", b""), ("garbage", b"\x07\x07\x07")]
+    for request in valid:
+        name = type(request).__name__
+        encoded = request.to_bytes()
+        cases += [
+            (f"{name}-truncated", encoded[:-1]),
+            (f"{name}-trailing", encoded + b"\x00"),
+            (f"{name}-version", b"\x09" + encoded[1:]),
+        ]
+    cases += [
+        ("regstart-bad-point", api.RegistrationStartRequest(ALICE, bad_point).to_bytes()),
+        ("regstart-short", api.RegistrationStartRequest(ALICE, b"\x00" * 31).to_bytes()),
+        (
+            "register-bad-record",
+            api.RegisterRequest(b"bob", nonce, b"r" * 192, ksf, wrapped).to_bytes(),
+        ),
+        (
+            "register-bad-ksf",
+            api.RegisterRequest(b"bob", nonce, record, b"\x01" * 14, wrapped).to_bytes(),
+        ),
+        ("login-bad-ke1", api.LoginStartRequest(ALICE, bad_point * 3).to_bytes()),
+        ("login-short-ke1", api.LoginStartRequest(ALICE, ke1.to_bytes()[:-1]).to_bytes()),
+        ("finish-short-ke3", api.LoginFinishRequest(start.session_id, bytes(63)).to_bytes()),
+        (
+            "change-bad-record",
+            api.ChangeSecretRequest(
+                start.session_id, nonce, b"r", ksf, wrapped, bytes(64)
+            ).to_bytes(),
+        ),
+    ]
+    return cases
+
+
+def test_malformed_requests_at_every_entry_point_change_nothing(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    cases = _malformed_requests(node)
+    snapshots, log, sessions = (
+        node.fleet.snapshots(),
+        list(node.fleet.log),
+        node.service.open_sessions,
+    )
+    for name, data in cases:
+        response = api.decode_response(node.service.handle(data))
+        assert response.outcome is api.Outcome.BAD_REQUEST, name
+        assert node.fleet.snapshots() == snapshots, name
+        assert node.fleet.log == log, name
+        assert node.service.open_sessions == sessions, name
+    assert len(cases) >= 30
+    # the pending session survived every malformed finish: it still works
+    assert node.login().backup_key is not None
+
+
+@given(st.binary(max_size=600))
+def test_handle_never_raises_and_always_answers_a_response(data: bytes) -> None:
+    node = _SHARED
+    before = node.fleet.snapshots()
+    response = api.decode_response(node.service.handle(data))
+    if response.outcome is api.Outcome.BAD_REQUEST:
+        assert node.fleet.snapshots() == before
+
+
+_SHARED = Harness(replicas=1)
+
+
+def test_internal_failure_is_unavailable_not_an_exception(
+    enrolled: tuple[Harness, BackupKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, _ = enrolled
+
+    def broken(command: bytes) -> bytes:
+        return b"not a result"
+
+    monkeypatch.setattr(node.fleet, "submit", broken)
+    start, _ = node.login_start()
+    assert start.outcome is api.Outcome.UNAVAILABLE
+    assert start.ke2 == b""
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def test_nothing_secret_in_repr_or_logs(
+    enrolled: tuple[Harness, BackupKey], caplog: pytest.LogCaptureFixture
+) -> None:
+    node, _ = enrolled
+    caplog.set_level("DEBUG")
+    login = node.login()
+    assert login.session_key is not None
+    texts = [repr(node.service), repr(login.start), repr(login.finish), caplog.text]
+    texts += [repr(s) for s in node.service._sessions.values()]
+    for text in texts:
+        assert login.session_key.hex() not in text
+        assert login.start.session_id.hex() not in text
+        assert "sealed_wrapped_key=b" not in text
+    with pytest.raises(TypeError):
+        pickle.dumps(node.service)

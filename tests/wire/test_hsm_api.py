@@ -1,0 +1,263 @@
+"""The HSM API's wire messages: canonical round trips and strict parsing.
+
+Every decoder must raise ``DecodeError`` — and nothing else — on garbage, on any
+truncation of a valid message, and on a valid message with bytes appended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hsmvault.errors import DecodeError
+from hsmvault.wire import hsm_api as api
+from hsmvault.wire.encoding import Reader, Writer
+
+user_ids = st.binary(min_size=1, max_size=api.MAX_USER_ID_LEN)
+opaque = st.binary(min_size=1, max_size=api.MAX_OPAQUE_MESSAGE_LEN)
+ksf = st.binary(min_size=1, max_size=api.MAX_KSF_PARAMS_LEN)
+wrapped = st.binary(min_size=1, max_size=api.MAX_WRAPPED_KEY_LEN)
+session_ids = st.binary(min_size=api.SESSION_ID_LEN, max_size=api.SESSION_ID_LEN)
+nonces = st.binary(min_size=api.CREDENTIAL_NONCE_LEN, max_size=api.CREDENTIAL_NONCE_LEN)
+tags = st.binary(min_size=api.AUTHENTICATOR_LEN, max_size=api.AUTHENTICATOR_LEN)
+limits = st.integers(api.MIN_GUESS_LIMIT, api.MAX_GUESS_LIMIT)
+remaining = st.integers(0, api.MAX_GUESS_LIMIT)
+counts = st.integers(0, 2**32 - 1)
+refusals = st.sampled_from([o for o in api.Outcome if o is not api.Outcome.OK])
+
+requests: st.SearchStrategy[api.Request] = st.one_of(
+    st.builds(api.RegistrationStartRequest, user_ids, opaque),
+    st.builds(api.RegisterRequest, user_ids, nonces, opaque, ksf, wrapped, limits, st.booleans()),
+    st.builds(api.LoginStartRequest, user_ids, opaque),
+    st.builds(api.LoginFinishRequest, session_ids, opaque),
+    st.builds(api.AttemptsRemainingRequest, user_ids),
+    st.builds(api.ChangeSecretRequest, session_ids, nonces, opaque, ksf, wrapped, tags),
+    st.builds(api.DeleteRequest, session_ids, tags),
+    st.just(api.StatusRequest()),
+)
+
+_ok = st.just(api.Outcome.OK)
+_ok_responses: st.SearchStrategy[api.Response] = st.one_of(
+    st.builds(api.RegistrationStartResponse, _ok, nonces, opaque),
+    st.builds(api.RegisterResponse, _ok),
+    st.builds(api.LoginStartResponse, _ok, session_ids, opaque, ksf, remaining),
+    st.builds(
+        api.LoginFinishResponse,
+        _ok,
+        st.binary(min_size=1, max_size=api.MAX_SEALED_KEY_LEN),
+    ),
+    st.builds(api.AttemptsRemainingResponse, _ok, remaining),
+    st.builds(api.ChangeSecretResponse, _ok),
+    st.builds(api.DeleteResponse, _ok),
+    st.builds(api.StatusResponse, _ok, counts, counts, counts),
+)
+_RESPONSE_TYPES: list[type[api.Response]] = [
+    api.RegistrationStartResponse,
+    api.RegisterResponse,
+    api.LoginStartResponse,
+    api.LoginFinishResponse,
+    api.AttemptsRemainingResponse,
+    api.ChangeSecretResponse,
+    api.DeleteResponse,
+    api.StatusResponse,
+    api.ErrorResponse,
+]
+_refused_responses: st.SearchStrategy[api.Response] = st.builds(
+    lambda cls, outcome: cls.refused(outcome), st.sampled_from(_RESPONSE_TYPES), refusals
+)
+responses = st.one_of(_ok_responses, _refused_responses)
+_PARSERS: list[Callable[[bytes], object]] = [
+    *(cls.from_bytes for cls in api.RESPONSE_FOR),
+    *(cls.from_bytes for cls in _RESPONSE_TYPES),
+]
+
+
+def _decode_any(data: bytes) -> None:
+    """Run every decoder on ``data``; each may only succeed or raise DecodeError."""
+    for decoder in (api.decode_request, api.decode_response):
+        with contextlib.suppress(DecodeError):
+            decoder(data)
+    for parse in _PARSERS:
+        with contextlib.suppress(DecodeError):
+            parse(data)
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@given(requests)
+def test_every_request_round_trips(request: api.Request) -> None:
+    data = request.to_bytes()
+    assert api.decode_request(data) == request
+    assert type(request).from_bytes(data) == request
+    assert data[0] == api.API_VERSION
+
+
+@given(responses)
+def test_every_response_round_trips(response: api.Response) -> None:
+    data = response.to_bytes()
+    assert api.decode_response(data) == response
+    assert type(response).from_bytes(data) == response
+
+
+def test_every_request_type_has_one_response_type() -> None:
+    assert set(_RESPONSE_TYPES) == {*api.RESPONSE_FOR.values(), api.ErrorResponse}
+    assert len(api.RESPONSE_FOR) == 8
+    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 8
+    assert len(set(api.RESPONSE_FOR.values())) == 8
+    assert isinstance(api.refusal_for(None, api.Outcome.BAD_REQUEST), api.ErrorResponse)
+    refused = api.refusal_for(api.StatusRequest(), api.Outcome.UNAVAILABLE)
+    assert isinstance(refused, api.StatusResponse)
+    assert refused.outcome is api.Outcome.UNAVAILABLE
+
+
+def test_golden_encodings_do_not_drift() -> None:
+    request = api.LoginFinishRequest(bytes(range(16)), b"\xaa" * 64)
+    assert request.to_bytes().hex() == "0104" + bytes(range(16)).hex() + "0040" + "aa" * 64
+    response = api.AttemptsRemainingResponse(api.Outcome.OK, 7)
+    assert response.to_bytes() == bytes([1, 0x85, 0, 7])
+    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x01\x83\x02"
+
+
+# ------------------------------------------------------------------ strict parsing
+
+
+@given(st.binary(max_size=400))
+def test_garbage_raises_only_decode_error(data: bytes) -> None:
+    _decode_any(data)
+
+
+@given(st.one_of(requests, responses), st.data())
+def test_any_truncation_is_refused(
+    message: api.Request | api.Response, data: st.DataObject
+) -> None:
+    encoded = message.to_bytes()
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    for decode in (api.decode_request, api.decode_response):
+        with pytest.raises(DecodeError):
+            decode(encoded[:cut])
+
+
+@given(st.one_of(requests, responses), st.binary(min_size=1, max_size=8))
+def test_trailing_bytes_are_refused(message: api.Request | api.Response, extra: bytes) -> None:
+    encoded = message.to_bytes() + extra
+    with pytest.raises(DecodeError):
+        type(message).from_bytes(encoded)
+    decode = api.decode_response if type(message) in _RESPONSE_TYPES else api.decode_request
+    with pytest.raises(DecodeError):
+        decode(encoded)
+
+
+@given(st.one_of(requests, responses), st.data())
+def test_any_single_byte_change_parses_or_raises_decode_error(
+    message: api.Request | api.Response, data: st.DataObject
+) -> None:
+    encoded = bytearray(message.to_bytes())
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] ^= data.draw(st.integers(1, 255))
+    _decode_any(bytes(encoded))
+
+
+@given(requests, st.integers(0, 255).filter(lambda v: v != api.API_VERSION))
+def test_unknown_version_is_refused(request: api.Request, version: int) -> None:
+    with pytest.raises(DecodeError, match="version"):
+        api.decode_request(bytes([version]) + request.to_bytes()[1:])
+
+
+def test_unknown_tags_and_outcomes_are_refused() -> None:
+    with pytest.raises(DecodeError, match="unknown request type"):
+        api.decode_request(b"\x01\x7f")
+    with pytest.raises(DecodeError, match="unknown response type"):
+        api.decode_response(b"\x01\x01\x00")
+    with pytest.raises(DecodeError, match="unknown outcome"):
+        api.decode_response(b"\x01\x82\x63")
+    with pytest.raises(DecodeError, match="not a LoginStartRequest"):
+        api.LoginStartRequest.from_bytes(api.StatusRequest().to_bytes())
+
+
+def test_field_bounds_are_enforced_on_both_sides() -> None:
+    good = api.RegisterRequest(b"u", bytes(32), b"r", b"k", b"w")
+    assert good.guess_limit == api.DEFAULT_GUESS_LIMIT
+    for bad_limit in (0, 256, -1):
+        with pytest.raises(DecodeError, match=r"1\.\.255"):
+            api.RegisterRequest(b"u", bytes(32), b"r", b"k", b"w", guess_limit=bad_limit)
+    encoded = bytearray(good.to_bytes())
+    encoded[-2] = 0  # guess_limit byte
+    with pytest.raises(DecodeError):
+        api.decode_request(bytes(encoded))
+    encoded[-2], encoded[-1] = 10, 2  # replace must be 0 or 1
+    with pytest.raises(DecodeError, match="boolean"):
+        api.decode_request(bytes(encoded))
+    with pytest.raises(DecodeError):
+        api.AttemptsRemainingRequest(b"")  # empty user id
+    with pytest.raises(DecodeError):
+        api.AttemptsRemainingRequest(b"x" * 256)
+    with pytest.raises(DecodeError):
+        api.RegisterRequest(b"u", bytes(32), b"r", b"k", b"w" * (api.MAX_WRAPPED_KEY_LEN + 1))
+    with pytest.raises(DecodeError):
+        api.LoginFinishRequest(bytes(15), b"k")
+    # an over-long length prefix is refused before reading the body
+    with pytest.raises(DecodeError):
+        api.decode_request(b"\x01\x05\x00")
+
+
+def test_refusals_carry_no_payload() -> None:
+    with pytest.raises(DecodeError, match="no payload"):
+        api.LoginStartResponse(api.Outcome.LOCKED_OUT, session_id=bytes(16))
+    with pytest.raises(DecodeError):
+        api.LoginStartResponse(api.Outcome.OK)  # OK needs its payload
+    with pytest.raises(DecodeError):
+        api.ErrorResponse(api.Outcome.OK)
+    # a refusal with payload bytes appended is refused
+    with pytest.raises(DecodeError, match="trailing"):
+        api.decode_response(b"\x01\x83\x02" + bytes(16))
+
+
+def test_repr_shows_lengths_not_bytes() -> None:
+    secret = b"wrapped-backup-key-material"
+    text = repr(api.RegisterRequest(b"alice", bytes(32), b"r" * 192, b"k", secret))
+    assert "wrapped-backup" not in text
+    assert "wrapped_key=<27 bytes>" in text
+    assert "guess_limit=10" in text
+    assert "OK" in repr(api.LoginFinishResponse(api.Outcome.OK, secret))
+    assert "wrapped-backup" not in repr(api.LoginFinishResponse(api.Outcome.OK, secret))
+
+
+# ------------------------------------------------------------------ primitives
+
+
+@given(
+    st.integers(0, 255),
+    st.integers(0, 2**16 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**64 - 1),
+    st.booleans(),
+    st.binary(max_size=300),
+)
+def test_codec_primitives_round_trip(
+    a: int, b: int, c: int, d: int, flag: bool, blob: bytes
+) -> None:
+    w = Writer().u8(a).u16(b).u32(c).u64(d).boolean(flag)
+    w.var_bytes(blob, prefix=2, max_len=300).fixed(b"xyz", 3)
+    r = Reader(w.getvalue())
+    assert (r.u8(), r.u16(), r.u32(), r.u64(), r.boolean()) == (a, b, c, d, flag)
+    assert r.var_bytes(prefix=2, max_len=300) == blob
+    assert r.fixed(3) == b"xyz"
+    r.finish()
+
+
+def test_codec_primitives_are_strict() -> None:
+    with pytest.raises(DecodeError, match="truncated"):
+        Reader(b"\x00").u16()
+    with pytest.raises(DecodeError, match="trailing"):
+        Reader(b"\x00").finish()
+    with pytest.raises(DecodeError, match="length"):
+        Reader(b"\x05abcde").var_bytes(prefix=1, max_len=4)
+    with pytest.raises(DecodeError, match="length"):
+        Reader(b"\x00").var_bytes(prefix=1, max_len=4, min_len=1)
+    with pytest.raises(DecodeError, match="truncated"):
+        Reader(b"\x04abc").var_bytes(prefix=1, max_len=4)

@@ -15,6 +15,7 @@ from hsmvault.crypto.fleet_seal import (
     seal_to_fleet,
 )
 from hsmvault.errors import DecodeError, VerificationError
+from hsmvault.wire import hsm_api as api
 
 KEY = X25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUB = KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -58,3 +59,25 @@ def test_any_single_byte_change_is_refused(index: int, flip: int) -> None:
 def test_garbage_raises_only_our_errors(data: bytes) -> None:
     with pytest.raises((DecodeError, VerificationError)):
         open_from_client(KEY, data, purpose=P)
+
+
+def test_the_wire_bound_on_sealed_uploads_matches_the_seal_overhead() -> None:
+    # wire imports no crypto, so it writes the overhead down; the two must agree.
+    assert api.FLEET_SEAL_OVERHEAD == FLEET_SEAL_OVERHEAD
+    context = api.upload_context(b"u" * api.MAX_USER_ID_LEN, bytes(api.CREDENTIAL_NONCE_LEN))
+    smallest = api.RegistrationUpload(b"r", b"k", b"w")
+    biggest = api.RegistrationUpload(
+        b"r" * api.MAX_OPAQUE_MESSAGE_LEN,
+        b"k" * api.MAX_KSF_PARAMS_LEN,
+        b"w" * api.MAX_WRAPPED_KEY_LEN,
+    )
+    for upload, bound in (
+        (smallest, api.MIN_SEALED_UPLOAD_LEN),
+        (biggest, api.MAX_SEALED_UPLOAD_LEN),
+    ):
+        sealed = seal_to_fleet(PUB, upload.to_bytes(), purpose=P, context=context)
+        assert len(sealed) == bound
+        request = api.RegisterRequest(b"u", bytes(api.CREDENTIAL_NONCE_LEN), sealed)
+        assert api.decode_request(request.to_bytes()) == request
+        opened = open_from_client(KEY, request.sealed_upload, purpose=P, context=context)
+        assert api.RegistrationUpload.from_bytes(opened) == upload

@@ -7,17 +7,20 @@ fast; the node never runs the KSF.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hsmvault.crypto.backup_stream import BackupKey
+from hsmvault.crypto.fleet_seal import PURPOSE_REGISTRATION_UPLOAD, seal_to_fleet
 from hsmvault.crypto.key_wrap import PURPOSE_OPAQUE_EXPORT_KEY, unwrap_backup_key, wrap_backup_key
 from hsmvault.crypto.ksf import Argon2idKsf, KsfAlgorithm, KsfParams, UnsafeIdentityKsf
 from hsmvault.crypto.opaque import KE2, OpaqueClient, OpaqueConfig, OpaqueServer
-from hsmvault.crypto.opaque.messages import RegistrationResponse
+from hsmvault.crypto.opaque.messages import RegistrationRecord, RegistrationResponse
 from hsmvault.crypto.session_box import (
     LABEL_CHANGE_SECRET,
     LABEL_DELETE,
@@ -37,6 +40,28 @@ SERVER = OpaqueServer.generate(config=CONFIG)
 PIN = b"1234"
 WRONG_PIN = b"9999"
 ALICE = b"alice"
+FLEET_KEY = X25519PrivateKey.generate()  # the fleet's enc key pair
+FLEET_PUB = FLEET_KEY.public_key().public_bytes_raw()
+OTHER_FLEET_PUB = X25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
+def seal_upload(
+    user: bytes,
+    nonce: bytes,
+    record: bytes,
+    wrapped: bytes,
+    ksf: bytes = KSF_PARAMS.to_bytes(),
+    *,
+    fleet_pub: bytes = FLEET_PUB,
+) -> bytes:
+    """What an honest client sends: the upload sealed to the fleet for (user, nonce)."""
+    upload = api.RegistrationUpload(record, ksf, wrapped).to_bytes()
+    return seal_to_fleet(
+        fleet_pub,
+        upload,
+        purpose=PURPOSE_REGISTRATION_UPLOAD,
+        context=api.upload_context(user, nonce),
+    )
 
 
 class Clock:
@@ -67,6 +92,7 @@ class Harness:
         self.service = VaultService(
             SERVER,
             self.fleet,
+            upload_key=FLEET_KEY,
             config=VaultServiceConfig(**(defaults | config)),  # type: ignore[arg-type]
             clock=self.clock,
         )
@@ -79,9 +105,8 @@ class Harness:
         self, user: bytes = ALICE, pin: bytes = PIN, *, limit: int = 10, replace: bool = False
     ) -> tuple[api.RegisterResponse, BackupKey]:
         nonce, record, wrapped, bk = self.enrol(user, pin)
-        response = self.call(
-            api.RegisterRequest(user, nonce, record, KSF_PARAMS.to_bytes(), wrapped, limit, replace)
-        )
+        sealed = seal_upload(user, nonce, record, wrapped)
+        response = self.call(api.RegisterRequest(user, nonce, sealed, limit, replace))
         assert isinstance(response, api.RegisterResponse)
         return response, bk
 
@@ -147,21 +172,38 @@ class Harness:
         return record.guesses_used
 
     def change_secret(
-        self, login: Login, new_pin: bytes, *, key: bytes | None = None
+        self,
+        login: Login,
+        new_pin: bytes,
+        *,
+        key: bytes | None = None,
+        seal: Callable[[bytes, bytes, bytes], bytes] | None = None,
     ) -> tuple[api.Response, BackupKey]:
+        """Change the PIN in ``login``'s session; ``seal(nonce, record, wrapped)``
+        replaces the honest client's sealing."""
+        request, bk = self.change_secret_request(login, new_pin, key=key, seal=seal)
+        return self.call(request), bk
+
+    def change_secret_request(
+        self,
+        login: Login,
+        new_pin: bytes,
+        *,
+        key: bytes | None = None,
+        seal: Callable[[bytes, bytes, bytes], bytes] | None = None,
+    ) -> tuple[api.ChangeSecretRequest, BackupKey]:
         nonce, record, wrapped, bk = self.enrol(ALICE, new_pin)
-        unsigned = api.ChangeSecretRequest(
-            login.start.session_id, nonce, record, KSF_PARAMS.to_bytes(), wrapped, bytes(64)
-        )
+        if seal is None:
+            sealed = seal_upload(ALICE, nonce, record, wrapped)
+        else:
+            sealed = seal(nonce, record, wrapped)
+        unsigned = api.ChangeSecretRequest(login.start.session_id, nonce, sealed, bytes(64))
         session_key = key if key is not None else login.session_key
         assert session_key is not None
         tag = session_authenticator(
             session_key, unsigned.authenticated_bytes(), label=LABEL_CHANGE_SECRET
         )
-        request = api.ChangeSecretRequest(
-            login.start.session_id, nonce, record, KSF_PARAMS.to_bytes(), wrapped, tag
-        )
-        return self.call(request), bk
+        return api.ChangeSecretRequest(login.start.session_id, nonce, sealed, tag), bk
 
     def delete(self, login: Login, *, key: bytes | None = None) -> api.Response:
         unsigned = api.DeleteRequest(login.start.session_id, bytes(64))
@@ -463,7 +505,9 @@ def test_registration_start_never_reuses_an_oprf_key(node: Harness) -> None:
 def test_identity_ksf_is_refused_unless_unsafely_allowed(node: Harness) -> None:
     nonce, record, wrapped, _ = node.enrol(ALICE, PIN)
     identity = UnsafeIdentityKsf().params.to_bytes()
-    request = api.RegisterRequest(ALICE, nonce, record, identity, wrapped)
+    request = api.RegisterRequest(
+        ALICE, nonce, seal_upload(ALICE, nonce, record, wrapped, identity)
+    )
     assert node.call(request).outcome is api.Outcome.BAD_REQUEST
     permissive = Harness(unsafe_allow_identity_ksf=True)
     assert permissive.call(request).outcome is api.Outcome.OK
@@ -476,23 +520,160 @@ def test_status_reports_counts(enrolled: tuple[Harness, BackupKey]) -> None:
     assert status == api.StatusResponse(api.Outcome.OK, 1, 0, 1)
 
 
+# ------------------------------------------------------------------ sealed uploads
+
+
+def _flip(data: bytes, index: int) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 0x01
+    return bytes(out)
+
+
+#: Seals an honest node must not accept for (user, nonce): ``f(user, nonce, record,
+#: wrapped) -> sealed_upload``.
+_BAD_SEALS: dict[str, Callable[[bytes, bytes, bytes, bytes], bytes]] = {
+    "other-user": lambda u, n, r, w: seal_upload(b"mallory", n, r, w),
+    "other-nonce": lambda u, n, r, w: seal_upload(u, _flip(n, 0), r, w),
+    "other-fleet": lambda u, n, r, w: seal_upload(u, n, r, w, fleet_pub=OTHER_FLEET_PUB),
+    "other-purpose": lambda u, n, r, w: seal_to_fleet(
+        FLEET_PUB,
+        api.RegistrationUpload(r, KSF_PARAMS.to_bytes(), w).to_bytes(),
+        purpose=b"another-purpose",
+        context=api.upload_context(u, n),
+    ),
+    "flipped-version": lambda u, n, r, w: _flip(seal_upload(u, n, r, w), 0),
+    "flipped-enc": lambda u, n, r, w: _flip(seal_upload(u, n, r, w), 7),
+    "flipped-ciphertext": lambda u, n, r, w: _flip(seal_upload(u, n, r, w), 100),
+    "flipped-tag": lambda u, n, r, w: _flip(seal_upload(u, n, r, w), -1),
+    "opens-but-not-an-upload": lambda u, n, r, w: seal_to_fleet(
+        FLEET_PUB,
+        api.RegistrationUpload(r, KSF_PARAMS.to_bytes(), w).to_bytes() + b"\x00",
+        purpose=PURPOSE_REGISTRATION_UPLOAD,
+        context=api.upload_context(u, n),
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_SEALS))
+def test_register_refuses_an_upload_not_sealed_to_this_fleet_for_this_user_and_nonce(
+    enrolled: tuple[Harness, BackupKey], bad: str
+) -> None:
+    node, bk = enrolled
+    nonce, record, wrapped, _ = node.enrol(b"bob", PIN)
+    snapshots, log = node.fleet.snapshots(), list(node.fleet.log)
+    for user, replace in ((b"bob", False), (ALICE, True)):  # new id, and overwrite
+        sealed = _BAD_SEALS[bad](user, nonce, record, wrapped)
+        response = node.call(api.RegisterRequest(user, nonce, sealed, replace=replace))
+        assert response.outcome is api.Outcome.BAD_REQUEST
+        assert node.fleet.snapshots() == snapshots
+        assert node.fleet.log == log
+    assert node.login().backup_key == bk  # Alice's record untouched
+    honest = api.RegisterRequest(b"bob", nonce, seal_upload(b"bob", nonce, record, wrapped))
+    assert node.call(honest).outcome is api.Outcome.OK
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_SEALS))
+def test_change_secret_refuses_an_upload_not_sealed_for_the_session_user_and_nonce(
+    enrolled: tuple[Harness, BackupKey], bad: str
+) -> None:
+    node, bk = enrolled
+    login = node.login()
+    snapshots, log = node.fleet.snapshots(), list(node.fleet.log)
+    sessions = node.service.open_sessions
+    response, _ = node.change_secret(
+        login, b"5678", seal=lambda n, r, w: _BAD_SEALS[bad](ALICE, n, r, w)
+    )
+    assert response.outcome is api.Outcome.BAD_REQUEST
+    assert node.fleet.snapshots() == snapshots
+    assert node.fleet.log == log
+    assert node.service.open_sessions == sessions  # the session was not consumed
+    response, new_bk = node.change_secret(login, b"5678")  # and still works
+    assert response.outcome is api.Outcome.OK
+    assert node.login(pin=b"5678").backup_key == new_bk != bk
+
+
+def test_change_secret_opens_under_the_sessions_user_not_another(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    node.register(b"bob", PIN)
+    bob = node.login(b"bob")
+    # A well-formed upload for Alice, authenticated in Bob's session: refused.
+    response, _ = node.change_secret(bob, b"x", seal=lambda n, r, w: seal_upload(ALICE, n, r, w))
+    assert response.outcome is api.Outcome.BAD_REQUEST
+    assert node.login().backup_key is not None  # Alice's PIN unchanged
+
+
+def test_a_byte_flipped_by_the_host_in_the_sealed_upload_changes_nothing(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    login = node.login()
+    nonce, record, wrapped, _ = node.enrol(b"bob", PIN)
+    register = api.RegisterRequest(b"bob", nonce, seal_upload(b"bob", nonce, record, wrapped))
+    change, _ = node.change_secret_request(login, b"5678")
+    snapshots, log = node.fleet.snapshots(), list(node.fleet.log)
+    sessions = node.service.open_sessions
+    for request, sealed in ((register, register.sealed_upload), (change, change.sealed_upload)):
+        encoded = request.to_bytes()
+        start = encoded.index(sealed)
+        for offset in (0, 1, 40, len(sealed) // 2, len(sealed) - 1):
+            response = api.decode_response(node.service.handle(_flip(encoded, start + offset)))
+            assert response.outcome is api.Outcome.BAD_REQUEST, (type(request), offset)
+            assert node.fleet.snapshots() == snapshots
+            assert node.fleet.log == log
+            assert node.service.open_sessions == sessions
+    assert node.call(register).outcome is api.Outcome.OK
+    assert node.call(change).outcome is api.Outcome.OK
+
+
+def test_the_host_sees_no_record_masking_key_ksf_params_or_wrapped_key(
+    enrolled: tuple[Harness, BackupKey],
+) -> None:
+    node, _ = enrolled
+    login = node.login()
+    nonce, record, wrapped, _ = node.enrol(b"bob", PIN)
+    register = api.RegisterRequest(b"bob", nonce, seal_upload(b"bob", nonce, record, wrapped))
+    change, _ = node.change_secret_request(login, b"5678")
+    log_before = len(node.fleet.log)
+    assert node.call(register).outcome is api.Outcome.OK
+    assert node.call(change).outcome is api.Outcome.OK
+    committed = node.fleet.log[log_before:]
+    # What the node stored is what the clients put in their uploads...
+    bob = node.fleet.state().record(b"bob")
+    alice = node.fleet.state().record(ALICE)
+    assert bob is not None
+    assert alice is not None
+    assert (bob.registration_record, bob.wrapped_key) == (record, wrapped)
+    # ...and none of it crossed the host in the clear.
+    for request, stored in ((register, bob), (change, alice)):
+        host_view = request.to_bytes()
+        masking_key = RegistrationRecord.from_bytes(stored.registration_record).masking_key
+        for secret in (stored.registration_record, masking_key, stored.wrapped_key):
+            assert secret not in host_view
+        assert stored.ksf_params not in host_view
+        assert "sealed_upload=<" in repr(request)
+    assert len(committed) == 2
+
+
 # ------------------------------------------------------------------ malformed input
 
 
 def _malformed_requests(node: Harness) -> list[tuple[str, bytes]]:
     """Malformed or forged bytes for every entry point."""
     nonce, record, wrapped, _ = node.enrol(b"bob", PIN)
-    ksf = KSF_PARAMS.to_bytes()
+    sealed = seal_upload(b"bob", nonce, record, wrapped)
+    authenticated = node.login()  # an authenticated session: BAD_REQUEST must keep it
     start, _ = node.login_start()
     ke1, _ = node.client.start_login(PIN)
     bad_point = b"\xff" * 32
     valid: list[api.Request] = [
         api.RegistrationStartRequest(ALICE, ke1.to_bytes()[:32]),
-        api.RegisterRequest(b"bob", nonce, record, ksf, wrapped),
+        api.RegisterRequest(b"bob", nonce, sealed),
         api.LoginStartRequest(ALICE, ke1.to_bytes()),
         api.LoginFinishRequest(start.session_id, bytes(64)),
         api.AttemptsRemainingRequest(ALICE),
-        api.ChangeSecretRequest(start.session_id, nonce, record, ksf, wrapped, bytes(64)),
+        api.ChangeSecretRequest(start.session_id, nonce, sealed, bytes(64)),
         api.DeleteRequest(start.session_id, bytes(64)),
         api.StatusRequest(),
     ]
@@ -510,22 +691,28 @@ def _malformed_requests(node: Harness) -> list[tuple[str, bytes]]:
         ("regstart-short", api.RegistrationStartRequest(ALICE, b"\x00" * 31).to_bytes()),
         (
             "register-bad-record",
-            api.RegisterRequest(b"bob", nonce, b"r" * 192, ksf, wrapped).to_bytes(),
+            api.RegisterRequest(
+                b"bob", nonce, seal_upload(b"bob", nonce, b"r" * 192, wrapped)
+            ).to_bytes(),
         ),
         (
             "register-bad-ksf",
-            api.RegisterRequest(b"bob", nonce, record, b"\x01" * 14, wrapped).to_bytes(),
+            api.RegisterRequest(
+                b"bob", nonce, seal_upload(b"bob", nonce, record, wrapped, b"\x01" * 14)
+            ).to_bytes(),
+        ),
+        (
+            "register-other-user",
+            api.RegisterRequest(b"carol", nonce, sealed).to_bytes(),
         ),
         ("login-bad-ke1", api.LoginStartRequest(ALICE, bad_point * 3).to_bytes()),
         ("login-short-ke1", api.LoginStartRequest(ALICE, ke1.to_bytes()[:-1]).to_bytes()),
         ("finish-short-ke3", api.LoginFinishRequest(start.session_id, bytes(63)).to_bytes()),
-        (
-            "change-bad-record",
-            api.ChangeSecretRequest(
-                start.session_id, nonce, b"r", ksf, wrapped, bytes(64)
-            ).to_bytes(),
-        ),
     ]
+    bad_record = node.change_secret_request(
+        authenticated, b"new", seal=lambda n, _r, w: seal_upload(ALICE, n, b"r", w)
+    )[0]
+    cases.append(("change-bad-record", bad_record.to_bytes()))
     return cases
 
 

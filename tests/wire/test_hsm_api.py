@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsmvault.errors import DecodeError
+from hsmvault.errors import DecodeError, InvalidParameter
 from hsmvault.wire import hsm_api as api
 from hsmvault.wire.encoding import Reader, Writer
 
@@ -21,6 +21,8 @@ user_ids = st.binary(min_size=1, max_size=api.MAX_USER_ID_LEN)
 opaque = st.binary(min_size=1, max_size=api.MAX_OPAQUE_MESSAGE_LEN)
 ksf = st.binary(min_size=1, max_size=api.MAX_KSF_PARAMS_LEN)
 wrapped = st.binary(min_size=1, max_size=api.MAX_WRAPPED_KEY_LEN)
+sealed_uploads = st.binary(min_size=api.MIN_SEALED_UPLOAD_LEN, max_size=api.MAX_SEALED_UPLOAD_LEN)
+uploads = st.builds(api.RegistrationUpload, opaque, ksf, wrapped)
 session_ids = st.binary(min_size=api.SESSION_ID_LEN, max_size=api.SESSION_ID_LEN)
 nonces = st.binary(min_size=api.CREDENTIAL_NONCE_LEN, max_size=api.CREDENTIAL_NONCE_LEN)
 tags = st.binary(min_size=api.AUTHENTICATOR_LEN, max_size=api.AUTHENTICATOR_LEN)
@@ -31,11 +33,11 @@ refusals = st.sampled_from([o for o in api.Outcome if o is not api.Outcome.OK])
 
 requests: st.SearchStrategy[api.Request] = st.one_of(
     st.builds(api.RegistrationStartRequest, user_ids, opaque),
-    st.builds(api.RegisterRequest, user_ids, nonces, opaque, ksf, wrapped, limits, st.booleans()),
+    st.builds(api.RegisterRequest, user_ids, nonces, sealed_uploads, limits, st.booleans()),
     st.builds(api.LoginStartRequest, user_ids, opaque),
     st.builds(api.LoginFinishRequest, session_ids, opaque),
     st.builds(api.AttemptsRemainingRequest, user_ids),
-    st.builds(api.ChangeSecretRequest, session_ids, nonces, opaque, ksf, wrapped, tags),
+    st.builds(api.ChangeSecretRequest, session_ids, nonces, sealed_uploads, tags),
     st.builds(api.DeleteRequest, session_ids, tags),
     st.just(api.StatusRequest()),
 )
@@ -71,6 +73,7 @@ _refused_responses: st.SearchStrategy[api.Response] = st.builds(
 )
 responses = st.one_of(_ok_responses, _refused_responses)
 _PARSERS: list[Callable[[bytes], object]] = [
+    api.RegistrationUpload.from_bytes,
     *(cls.from_bytes for cls in api.RESPONSE_FOR),
     *(cls.from_bytes for cls in _RESPONSE_TYPES),
 ]
@@ -117,10 +120,16 @@ def test_every_request_type_has_one_response_type() -> None:
 
 def test_golden_encodings_do_not_drift() -> None:
     request = api.LoginFinishRequest(bytes(range(16)), b"\xaa" * 64)
-    assert request.to_bytes().hex() == "0104" + bytes(range(16)).hex() + "0040" + "aa" * 64
+    assert request.to_bytes().hex() == "0204" + bytes(range(16)).hex() + "0040" + "aa" * 64
     response = api.AttemptsRemainingResponse(api.Outcome.OK, 7)
-    assert response.to_bytes() == bytes([1, 0x85, 0, 7])
-    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x01\x83\x02"
+    assert response.to_bytes() == bytes([2, 0x85, 0, 7])
+    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x02\x83\x02"
+    upload = api.RegistrationUpload(b"\x01\x02", b"\x03", b"\x04\x05\x06")
+    assert upload.to_bytes().hex() == "01" + "00020102" + "0103" + "0003040506"
+    register = api.RegisterRequest(b"u", bytes(32), b"\x5a" * api.MIN_SEALED_UPLOAD_LEN, 3, True)
+    assert register.to_bytes().hex() == (
+        "0202" + "0175" + "00" * 32 + "003a" + "5a" * 58 + "03" + "01"
+    )
 
 
 # ------------------------------------------------------------------ strict parsing
@@ -170,21 +179,24 @@ def test_unknown_version_is_refused(request: api.Request, version: int) -> None:
 
 def test_unknown_tags_and_outcomes_are_refused() -> None:
     with pytest.raises(DecodeError, match="unknown request type"):
-        api.decode_request(b"\x01\x7f")
+        api.decode_request(b"\x02\x7f")
     with pytest.raises(DecodeError, match="unknown response type"):
-        api.decode_response(b"\x01\x01\x00")
+        api.decode_response(b"\x02\x01\x00")
     with pytest.raises(DecodeError, match="unknown outcome"):
-        api.decode_response(b"\x01\x82\x63")
+        api.decode_response(b"\x02\x82\x63")
     with pytest.raises(DecodeError, match="not a LoginStartRequest"):
         api.LoginStartRequest.from_bytes(api.StatusRequest().to_bytes())
 
 
+_SEAL = b"s" * api.MIN_SEALED_UPLOAD_LEN
+
+
 def test_field_bounds_are_enforced_on_both_sides() -> None:
-    good = api.RegisterRequest(b"u", bytes(32), b"r", b"k", b"w")
+    good = api.RegisterRequest(b"u", bytes(32), _SEAL)
     assert good.guess_limit == api.DEFAULT_GUESS_LIMIT
     for bad_limit in (0, 256, -1):
         with pytest.raises(DecodeError, match=r"1\.\.255"):
-            api.RegisterRequest(b"u", bytes(32), b"r", b"k", b"w", guess_limit=bad_limit)
+            api.RegisterRequest(b"u", bytes(32), _SEAL, guess_limit=bad_limit)
     encoded = bytearray(good.to_bytes())
     encoded[-2] = 0  # guess_limit byte
     with pytest.raises(DecodeError):
@@ -196,13 +208,16 @@ def test_field_bounds_are_enforced_on_both_sides() -> None:
         api.AttemptsRemainingRequest(b"")  # empty user id
     with pytest.raises(DecodeError):
         api.AttemptsRemainingRequest(b"x" * 256)
-    with pytest.raises(DecodeError):
-        api.RegisterRequest(b"u", bytes(32), b"r", b"k", b"w" * (api.MAX_WRAPPED_KEY_LEN + 1))
+    for bad_seal in (_SEAL[:-1], b"s" * (api.MAX_SEALED_UPLOAD_LEN + 1)):
+        with pytest.raises(DecodeError):
+            api.RegisterRequest(b"u", bytes(32), bad_seal)
+        with pytest.raises(DecodeError):
+            api.ChangeSecretRequest(bytes(16), bytes(32), bad_seal, bytes(64))
     with pytest.raises(DecodeError):
         api.LoginFinishRequest(bytes(15), b"k")
     # an over-long length prefix is refused before reading the body
     with pytest.raises(DecodeError):
-        api.decode_request(b"\x01\x05\x00")
+        api.decode_request(b"\x02\x05\x00")
 
 
 def test_refusals_carry_no_payload() -> None:
@@ -214,17 +229,107 @@ def test_refusals_carry_no_payload() -> None:
         api.ErrorResponse(api.Outcome.OK)
     # a refusal with payload bytes appended is refused
     with pytest.raises(DecodeError, match="trailing"):
-        api.decode_response(b"\x01\x83\x02" + bytes(16))
+        api.decode_response(b"\x02\x83\x02" + bytes(16))
 
 
 def test_repr_shows_lengths_not_bytes() -> None:
     secret = b"wrapped-backup-key-material"
-    text = repr(api.RegisterRequest(b"alice", bytes(32), b"r" * 192, b"k", secret))
+    text = repr(api.RegisterRequest(b"alice", bytes(32), secret * 3))
+    assert "wrapped-backup" not in text
+    assert "sealed_upload=<81 bytes>" in text
+    assert "guess_limit=10" in text
+    text = repr(api.RegistrationUpload(b"r" * 192, b"k", secret))
     assert "wrapped-backup" not in text
     assert "wrapped_key=<27 bytes>" in text
-    assert "guess_limit=10" in text
+    assert "registration_record=<192 bytes>" in text
     assert "OK" in repr(api.LoginFinishResponse(api.Outcome.OK, secret))
     assert "wrapped-backup" not in repr(api.LoginFinishResponse(api.Outcome.OK, secret))
+
+
+# ------------------------------------------------------------------ registration upload
+
+
+@given(uploads)
+def test_registration_upload_round_trips(upload: api.RegistrationUpload) -> None:
+    data = upload.to_bytes()
+    assert data[0] == api.UPLOAD_VERSION
+    assert api.RegistrationUpload.from_bytes(data) == upload
+    assert api.MIN_UPLOAD_LEN <= len(data) <= api.MAX_UPLOAD_LEN
+
+
+def test_registration_upload_length_bounds() -> None:
+    smallest = api.RegistrationUpload(b"r", b"k", b"w")
+    assert len(smallest.to_bytes()) == api.MIN_UPLOAD_LEN
+    biggest = api.RegistrationUpload(
+        b"r" * api.MAX_OPAQUE_MESSAGE_LEN,
+        b"k" * api.MAX_KSF_PARAMS_LEN,
+        b"w" * api.MAX_WRAPPED_KEY_LEN,
+    )
+    assert len(biggest.to_bytes()) == api.MAX_UPLOAD_LEN
+    assert api.MAX_SEALED_UPLOAD_LEN == api.MAX_UPLOAD_LEN + api.FLEET_SEAL_OVERHEAD
+    assert api.MIN_SEALED_UPLOAD_LEN == api.MIN_UPLOAD_LEN + api.FLEET_SEAL_OVERHEAD
+    for fields in (
+        (b"", b"k", b"w"),
+        (b"r", b"", b"w"),
+        (b"r", b"k", b""),
+        (b"r" * (api.MAX_OPAQUE_MESSAGE_LEN + 1), b"k", b"w"),
+        (b"r", b"k" * (api.MAX_KSF_PARAMS_LEN + 1), b"w"),
+        (b"r", b"k", b"w" * (api.MAX_WRAPPED_KEY_LEN + 1)),
+        (b"r", "k", b"w"),
+    ):
+        with pytest.raises(DecodeError, match="RegistrationUpload"):
+            api.RegistrationUpload(*fields)
+
+
+@given(uploads, st.data())
+def test_registration_upload_parsing_is_strict(
+    upload: api.RegistrationUpload, data: st.DataObject
+) -> None:
+    encoded = upload.to_bytes()
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(DecodeError):
+        api.RegistrationUpload.from_bytes(encoded[:cut])
+    with pytest.raises(DecodeError, match="trailing"):
+        api.RegistrationUpload.from_bytes(encoded + data.draw(st.binary(min_size=1, max_size=8)))
+    version = data.draw(st.integers(0, 255).filter(lambda v: v != api.UPLOAD_VERSION))
+    with pytest.raises(DecodeError, match="version"):
+        api.RegistrationUpload.from_bytes(bytes([version]) + encoded[1:])
+    flipped = bytearray(encoded)
+    flipped[data.draw(st.integers(0, len(encoded) - 1))] ^= data.draw(st.integers(1, 255))
+    with contextlib.suppress(DecodeError):
+        api.RegistrationUpload.from_bytes(bytes(flipped))
+
+
+@given(user_ids, nonces, user_ids, nonces)
+def test_upload_context_is_unambiguous(
+    user_a: bytes, nonce_a: bytes, user_b: bytes, nonce_b: bytes
+) -> None:
+    same = (user_a, nonce_a) == (user_b, nonce_b)
+    assert (api.upload_context(user_a, nonce_a) == api.upload_context(user_b, nonce_b)) is same
+
+
+def test_upload_context_shape_and_bounds() -> None:
+    context = api.upload_context(b"ab", bytes(32))
+    assert context.endswith(b"\x02ab\x20" + bytes(32))
+    # a user id that ends like a nonce cannot be confused with a shorter one
+    assert api.upload_context(b"a" + bytes(1), bytes(32)) != api.upload_context(b"a", bytes(32))
+    for user, nonce in (
+        (b"", bytes(32)),
+        (b"x" * (api.MAX_USER_ID_LEN + 1), bytes(32)),
+        (b"u", bytes(31)),
+        (b"u", bytes(33)),
+    ):
+        with pytest.raises(InvalidParameter):
+            api.upload_context(user, nonce)
+
+
+def test_change_secret_authenticated_bytes_cover_the_sealed_upload() -> None:
+    request = api.ChangeSecretRequest(bytes(16), bytes(32), _SEAL, b"\xee" * 64)
+    covered = request.authenticated_bytes()
+    assert _SEAL in covered
+    assert covered == request.to_bytes()[: -api.AUTHENTICATOR_LEN]
+    other = api.ChangeSecretRequest(bytes(16), bytes(32), b"t" + _SEAL[1:], b"\xee" * 64)
+    assert other.authenticated_bytes() != covered
 
 
 # ------------------------------------------------------------------ primitives

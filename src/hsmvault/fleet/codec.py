@@ -25,14 +25,28 @@ Wire format, version 1 (all integers big-endian)::
     apply_command_response  request_id u64 | form u8 (0: error u8 | 1: log_idx u64 log_term u64)
     append_entries          term u64 | commit_index u64 | prev_log_idx u64 | prev_log_term u64
                             | count u32 | count * (command | idx u64 | term u64)
+    snapshot_chunk (8)      term u64 | commit_index u64 | present bool
+                            | [is_first bool | is_last bool | length u32 | data]
+                            — pysyncobj's ``append_entries`` with ``serialized``: a chunk
+                            (at most MAX_SNAPSHOT_CHUNK bytes) of the leader's snapshot
+                            file, which is sealed (see fleet/snapshots.py), or None
     bool     := u8 in {0, 1}
     command  := kind u8 (0: app  len u32 | payload   — payload <= MAX_COMMAND_SIZE
                          1: noop
                          2: membership  op u8 (0 add, 1 rem) | node id 32 bytes
-                         3: version  u64)
+                         3: version  u64
+                         4: member change  op u8 (0 add, 1 rem) | identity key 32 bytes
+                            | incarnation u64 | host length u8 | host (ASCII literal IP)
+                            | port u16)
+
+Kind 4 carries the whole member record (:class:`MemberNode`: identity key, address and
+incarnation) of a dynamic membership change, so that every replica learns a new member's
+identity key from the replicated log, never from the network; its node id is derived from
+the key. Kind 2 (a bare node id) is what pysyncobj makes for plain :class:`FleetNode`
+objects; the transport accepts such a change only for members it already knows.
 
 Not supported, by design (encode raises :class:`InvalidParameter`, decode cannot express
-them): snapshot chunks (``append_entries`` with ``serialized``), oversized-entry chunks
+them): oversized-entry chunks
 (``transmission``/``data``), read-only nodes and pysyncobj's admin ("utility") messages.
 Replicated commands are restricted to one method (function id 0) taking one ``bytes``
 argument of at most :data:`MAX_COMMAND_SIZE` bytes, so pysyncobj's pickled entry stays far
@@ -54,20 +68,23 @@ from typing import Any, Final
 from pysyncobj import pickle as psy_pickle  # type: ignore[import-untyped]
 
 from hsmvault.errors import DecodeError, InvalidParameter
-from hsmvault.fleet.membership import NODE_ID_LEN, FleetNode
+from hsmvault.fleet.membership import IDENTITY_KEY_LEN, NODE_ID_LEN, FleetMember, FleetNode
 
 __all__ = [
     "MAX_COMMAND_SIZE",
     "MAX_ENTRIES",
     "MAX_MESSAGE_SIZE",
+    "MAX_SNAPSHOT_CHUNK",
     "MESSAGE_TYPES",
     "WIRE_VERSION",
+    "MemberNode",
     "Message",
     "decode",
     "decode_command",
     "encode",
     "encode_command",
     "make_app_command",
+    "membership_change",
 ]
 
 Message = dict[str, Any]
@@ -79,6 +96,9 @@ case (protocol 2 stores ``bytes`` as latin-1 text: at most two bytes per byte)."
 MAX_MESSAGE_SIZE: Final = 1024 * 1024
 """Largest encoded message. pysyncobj batches about 64 KiB of commands per message."""
 MAX_ENTRIES: Final = 65_536
+MAX_SNAPSHOT_CHUNK: Final = 128 * 1024
+"""Largest snapshot chunk in one message (pysyncobj's ``logCompactionBatchSize`` must not
+exceed it; the fleet uses 64 KiB)."""
 """Most log entries in one ``append_entries``."""
 U64_MAX: Final = 2**64 - 1
 
@@ -107,12 +127,17 @@ MESSAGE_TYPES: Final = {
     "apply_command_response": _T_APPLY_COMMAND_RESPONSE,
     "append_entries": _T_APPEND_ENTRIES,
 }
-_TYPE_NAMES: Final = {v: k for k, v in MESSAGE_TYPES.items()}
+_T_SNAPSHOT_CHUNK: Final = 8  # pysyncobj's "append_entries" carrying "serialized"
+_TYPE_NAMES: Final = {v: k for k, v in MESSAGE_TYPES.items()} | {
+    _T_SNAPSHOT_CHUNK: "append_entries"
+}
 
 _K_APP: Final = 0
 _K_NOOP: Final = 1
 _K_MEMBERSHIP: Final = 2
 _K_VERSION: Final = 3
+_K_MEMBER: Final = 4
+_MAX_HOST_LEN: Final = 45  # longest textual IPv6 address
 _MEMBERSHIP_OPS: Final = ("add", "rem")
 _MIN_ENTRY_WIRE: Final = 1 + 8 + 8  # a noop entry
 
@@ -120,8 +145,36 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 
 
+class MemberNode(FleetNode):
+    """A :class:`FleetNode` that carries the member record of a dynamic membership change:
+    identity key, address and incarnation. pysyncobj keeps it in its log entry (a local
+    pickle) and hands it to the transport (``addNode``/``dropNode``).
+
+    Equality and hashing stay those of pysyncobj's ``Node`` (by node id only), so two
+    incarnations of one node id are "the same node" to pysyncobj: the fleet therefore
+    never holds two incarnations of a node id at once (remove the old one first).
+    """
+
+    def __init__(self, member: FleetMember, incarnation: int) -> None:
+        if type(incarnation) is not int or not 0 <= incarnation <= U64_MAX:
+            raise InvalidParameter("incarnation must be an int in [0, 2**64)")
+        super().__init__(member.node_id)
+        self.identity_public_key = member.identity_public_key
+        self.host = member.host
+        self.port = member.port
+        self.incarnation = incarnation
+
+    @property
+    def member(self) -> FleetMember:
+        """The member record (identity key and address) this node names."""
+        return FleetMember(self.identity_public_key, self.host, self.port)
+
+    def __repr__(self) -> str:
+        return f"MemberNode({self.node_id[:12]}…, incarnation={self.incarnation})"
+
+
 # ---------------------------------------------------------------------------------------
-# Local pickles: made in this process, read with an allow-list of two globals.
+# Local pickles: made in this process, read with an allow-list of three globals.
 
 
 class _LocalCommandUnpickler(pickle.Unpickler):
@@ -135,6 +188,8 @@ class _LocalCommandUnpickler(pickle.Unpickler):
             return bytes
         if (module, name) == (FleetNode.__module__, FleetNode.__qualname__):
             return FleetNode
+        if (module, name) == (MemberNode.__module__, MemberNode.__qualname__):
+            return MemberNode
         raise InvalidParameter("local command pickle refers to an unexpected global")
 
 
@@ -220,11 +275,48 @@ def encode_command(command: bytes) -> bytes:
         node_id, node = body[1], body[2]
         if type(node_id) is not str or not isinstance(node, FleetNode) or node.id != node_id:
             raise InvalidParameter("membership command must name a FleetNode")
-        raw = _node_id_bytes(node_id)
-        return bytes([_K_MEMBERSHIP, _MEMBERSHIP_OPS.index(body[0])]) + raw
+        op = _MEMBERSHIP_OPS.index(body[0])
+        if type(node) is MemberNode:
+            return bytes([_K_MEMBER, op]) + _member_record(node)
+        if type(node) is not FleetNode:
+            raise InvalidParameter("membership command must name a FleetNode")
+        return bytes([_K_MEMBERSHIP, op]) + _node_id_bytes(node_id)
     if kind == _CMD_VERSION:
         return bytes([_K_VERSION]) + _u64(body, "code version")
     raise InvalidParameter("unknown pysyncobj command type")
+
+
+def _member_record(node: MemberNode) -> bytes:
+    member = node.member  # re-validates the record (key length, literal IP, port)
+    if member.node_id != node.id:
+        raise InvalidParameter("member record does not match its node id")
+    host = member.host.encode("ascii")
+    return b"".join(
+        [
+            member.identity_public_key,
+            _u64(node.incarnation, "incarnation"),
+            bytes([len(host)]),
+            host,
+            struct.pack(">H", member.port),
+        ]
+    )
+
+
+def membership_change(command: bytes) -> tuple[str, MemberNode | FleetNode] | None:
+    """For one of pysyncobj's local log-entry commands: ``(op, node)`` if it is a
+    membership change (``op`` is ``"add"`` or ``"rem"``), else None. Reads only local
+    pickles (see :func:`encode_command`); raises :class:`InvalidParameter` on a malformed
+    one."""
+    if type(command) is not bytes or not command or command[0] != _CMD_MEMBERSHIP:
+        return None
+    body = _unpickle_local(command[1:])
+    if type(body) is not list or len(body) != 3 or body[0] not in _MEMBERSHIP_OPS:
+        raise InvalidParameter("unsupported membership command shape")
+    node = body[2]
+    if not isinstance(node, FleetNode):
+        raise InvalidParameter("membership command must name a FleetNode")
+    op: str = body[0]
+    return op, node
 
 
 def _node_id_bytes(node_id: str) -> bytes:
@@ -280,7 +372,7 @@ def _encode_body(msg_type: int, m: Message) -> bytes:  # noqa: PLR0911  # one ar
                 _u64(m["log_term"], "log_term"),
             ]
         )
-    # append_entries: only the regular form (no snapshot, no chunked transmission).
+    # append_entries: the regular form (no chunked transmission).
     _check_fields(m, {"term", "commit_index", "prevLogIdx", "prevLogTerm", "entries"}, none)
     entries = m["entries"]
     if type(entries) is not list or len(entries) > MAX_ENTRIES:
@@ -299,8 +391,33 @@ def _encode_body(msg_type: int, m: Message) -> bytes:  # noqa: PLR0911  # one ar
     return b"".join(parts)
 
 
-def encode(message: Message) -> bytes:
+def _encode_snapshot_chunk(m: Message) -> bytes:
+    _check_fields(m, {"term", "commit_index", "serialized"}, frozenset())
+    head = _u64(m["term"], "term") + _u64(m["commit_index"], "commit_index")
+    chunk = m["serialized"]
+    if chunk is None:
+        return head + b"\x00"
+    if type(chunk) is not tuple or len(chunk) != 3 or type(chunk[0]) is not bytes:
+        raise InvalidParameter("snapshot chunk must be (bytes, is_first, is_last)")
+    if len(chunk[0]) > MAX_SNAPSHOT_CHUNK:
+        raise InvalidParameter("snapshot chunk exceeds MAX_SNAPSHOT_CHUNK")
+    return b"".join(
+        [
+            head,
+            b"\x01",
+            _bool(chunk[1], "is_first"),
+            _bool(chunk[2], "is_last"),
+            _U32.pack(len(chunk[0])),
+            chunk[0],
+        ]
+    )
+
+
+def encode(message: Message, *, snapshot_chunks: bool = False) -> bytes:
     """Encode one pysyncobj message dict into the canonical wire form.
+
+    Snapshot chunks (``append_entries`` with ``serialized``) are encoded only with
+    ``snapshot_chunks=True`` (a node that runs sealed snapshots); otherwise refused.
 
     Raises :class:`InvalidParameter` if the dict has an unknown type, a missing or extra
     field, a value of the wrong type or range, or is larger than :data:`MAX_MESSAGE_SIZE`.
@@ -310,7 +427,12 @@ def encode(message: Message) -> bytes:
     msg_type = MESSAGE_TYPES.get(message.get("type"))  # type: ignore[arg-type]
     if msg_type is None:
         raise InvalidParameter("unsupported message type")
-    out = bytes([WIRE_VERSION, msg_type]) + _encode_body(msg_type, message)
+    if msg_type == _T_APPEND_ENTRIES and "serialized" in message:
+        if not snapshot_chunks:
+            raise InvalidParameter("snapshot chunks are not enabled")
+        out = bytes([WIRE_VERSION, _T_SNAPSHOT_CHUNK]) + _encode_snapshot_chunk(message)
+    else:
+        out = bytes([WIRE_VERSION, msg_type]) + _encode_body(msg_type, message)
     if len(out) > MAX_MESSAGE_SIZE:
         raise InvalidParameter("message exceeds MAX_MESSAGE_SIZE")
     return out
@@ -378,6 +500,23 @@ def _read_command(r: _Reader) -> bytes:
         return bytes([_CMD_MEMBERSHIP]) + _dumps([_MEMBERSHIP_OPS[op], node_id, FleetNode(node_id)])
     if kind == _K_VERSION:
         return bytes([_CMD_VERSION]) + _dumps(r.u64())
+    if kind == _K_MEMBER:
+        op = r.u8()
+        if op >= len(_MEMBERSHIP_OPS):
+            raise DecodeError("unknown membership operation")
+        key = r.take(IDENTITY_KEY_LEN)
+        incarnation = r.u64()
+        host_len = r.u8()
+        if not 1 <= host_len <= _MAX_HOST_LEN:
+            raise DecodeError("member host has an invalid length")
+        raw_host = r.take(host_len)
+        port = struct.unpack(">H", r.take(2))[0]
+        try:
+            host = raw_host.decode("ascii")
+            node = MemberNode(FleetMember(key, host, port), incarnation)
+        except (UnicodeDecodeError, InvalidParameter):
+            raise DecodeError("member record is invalid") from None
+        return bytes([_CMD_MEMBERSHIP]) + _dumps([_MEMBERSHIP_OPS[op], node.id, node])
     raise DecodeError("unknown command kind")
 
 
@@ -390,6 +529,19 @@ def decode_command(data: bytes) -> bytes:
     command = _read_command(r)
     r.end()
     return command
+
+
+def _decode_snapshot_chunk(r: _Reader) -> Message:
+    m: Message = {"type": "append_entries", "term": r.u64(), "commit_index": r.u64()}
+    if not r.boolean():
+        m["serialized"] = None
+        return m
+    is_first, is_last = r.boolean(), r.boolean()
+    size = r.u32()
+    if size > MAX_SNAPSHOT_CHUNK:
+        raise DecodeError("snapshot chunk exceeds MAX_SNAPSHOT_CHUNK")
+    m["serialized"] = (r.take(size), is_first, is_last)
+    return m
 
 
 def _decode_body(msg_type: int, r: _Reader) -> Message:
@@ -435,8 +587,9 @@ def _decode_body(msg_type: int, r: _Reader) -> Message:
     return m
 
 
-def decode(data: bytes) -> Message:
-    """Decode one wire message into the dict pysyncobj expects.
+def decode(data: bytes, *, snapshot_chunks: bool = False) -> Message:
+    """Decode one wire message into the dict pysyncobj expects. Snapshot chunks (type 8)
+    are accepted only with ``snapshot_chunks=True``.
 
     Raises :class:`DecodeError` (and nothing else) on an oversize message, an unknown
     version or type, a truncated or malformed field, or trailing bytes.
@@ -449,8 +602,11 @@ def decode(data: bytes) -> Message:
     if r.u8() != WIRE_VERSION:
         raise DecodeError("unknown wire version")
     msg_type = r.u8()
-    if msg_type not in _TYPE_NAMES:
+    if msg_type not in _TYPE_NAMES or (msg_type == _T_SNAPSHOT_CHUNK and not snapshot_chunks):
         raise DecodeError("unknown message type")
-    message = _decode_body(msg_type, r)
+    if msg_type == _T_SNAPSHOT_CHUNK:
+        message = _decode_snapshot_chunk(r)
+    else:
+        message = _decode_body(msg_type, r)
     r.end()
     return message

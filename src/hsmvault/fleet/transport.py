@@ -28,6 +28,24 @@ from the tick thread, which is how pysyncobj calls them (``send`` from Raft code
 Connection direction: the member with the smaller node id dials the larger one, so each
 pair has one link; a new authenticated link from the same peer (it restarted) replaces the
 old one.
+
+**Incarnations and dynamic membership.** A node id names an identity key, which survives
+a node losing its host-side state; an *incarnation* (the NVRAM epoch the node runs under)
+names one life of its Raft state. Right after the handshake each side sends one *hello*
+frame (the first frame of the link, so it is authenticated by the link keys)::
+
+    hello := "HVHI" | version u8 = 1 | sender incarnation u64 | receiver incarnation u64
+
+A link carries Raft messages only after the peer's hello names exactly the incarnation
+that the membership in this node's log records for the peer (a change counts once it is
+appended, as in Raft), and exactly our own incarnation. So a node that lost its state and
+restarted as a new incarnation can never speak for its old self:
+the fleet must first remove the old incarnation and add the new one through the log
+(:class:`~hsmvault.fleet.codec.MemberNode` entries, whose identity key and address this
+transport takes from the log, never from the network). A **joining** node (a new
+incarnation that is not yet a member) accepts whatever incarnation its trusted peers
+announce, but never reports a peer as connected to pysyncobj (so it starts no election)
+and drops vote requests (so it grants no vote) until :meth:`FleetTransport.set_joined`.
 """
 
 from __future__ import annotations
@@ -36,8 +54,9 @@ import errno
 import functools
 import logging
 import socket
+import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any, Final
@@ -47,7 +66,8 @@ from pysyncobj.transport import Transport  # type: ignore[import-untyped]
 
 from hsmvault.errors import DecodeError, InvalidParameter, VerificationError
 from hsmvault.fleet import codec
-from hsmvault.fleet.membership import FleetMembership, IdentitySigner, node_id_for
+from hsmvault.fleet.codec import MemberNode
+from hsmvault.fleet.membership import FleetMember, FleetMembership, IdentitySigner, node_id_for
 from hsmvault.fleet.secure_link import (
     MSG1_LEN,
     MSG2_LEN,
@@ -56,6 +76,7 @@ from hsmvault.fleet.secure_link import (
     HandshakeResponder,
     SecureLink,
 )
+from hsmvault.fleet.snapshots import SnapshotGuard
 
 __all__ = ["FleetTransport", "TransportConfig", "fleet_transport_factory"]
 
@@ -66,18 +87,31 @@ _WRITE: Final[int] = POLL_EVENT_TYPE.WRITE
 _ERROR: Final[int] = POLL_EVENT_TYPE.ERROR
 _RECV_CHUNK: Final = 64 * 1024
 _RECV_PER_EVENT: Final = 16  # chunks read per readiness event before yielding to the loop
+_HELLO = struct.Struct(">4sBQQ")
+_HELLO_MAGIC: Final = b"HVHI"
+_HELLO_VERSION: Final = 1
+_JOINING_DROPS: Final = frozenset({"request_vote", "timeout_now"})
 
 
 @dataclass(frozen=True)
 class TransportConfig:
     """Everything the transport trusts, and its limits.
 
-    ``identity`` signs this node's handshakes; ``membership`` is the fleet as formed (ids,
-    identity keys, addresses). Times are seconds.
+    ``identity`` signs this node's handshakes; ``membership`` is the fleet as this node
+    starts with it (ids, identity keys, addresses; later changes come from the log).
+    ``incarnation`` is this node's own; ``incarnations`` the peers' (missing ones: 0).
+    ``joining``: this node is a new incarnation not yet admitted (see the module docstring).
+    Times are seconds.
     """
 
     identity: IdentitySigner
     membership: FleetMembership
+    incarnation: int = 0
+    incarnations: Mapping[str, int] | None = None
+    joining: bool = False
+    snapshot_guard: SnapshotGuard | None = None
+    """Set when the node runs sealed snapshots: snapshot chunks are then carried (and
+    hashed on the way out and in, see :mod:`~hsmvault.fleet.snapshots`)."""
     handshake_timeout: float = 1.0
     """An unauthenticated or half-open connection is closed after this long."""
     reconnect_interval: float = 0.05
@@ -94,6 +128,9 @@ class TransportConfig:
             raise InvalidParameter("timeouts must be positive")
         if self.max_pending_handshakes < 1 or self.max_send_buffer < 1024 * 1024:
             raise InvalidParameter("limits out of range")
+        incarnations = [self.incarnation, *(self.incarnations or {}).values()]
+        if any(type(i) is not int or not 0 <= i < 2**64 for i in incarnations):
+            raise InvalidParameter("incarnations must be ints in [0, 2**64)")
 
     def __repr__(self) -> str:
         return f"TransportConfig(membership={self.membership!r}, <identity redacted>)"
@@ -111,6 +148,7 @@ class _Connection:
     __slots__ = (
         "closed",
         "deadline",
+        "hello_ok",
         "inbuf",
         "initiator",
         "link",
@@ -136,6 +174,7 @@ class _Connection:
         self.link: SecureLink | None = None
         self.mask = 0
         self.closed = False
+        self.hello_ok = False
 
     def __repr__(self) -> str:
         peer = self.peer_id[:12] if self.peer_id else "?"
@@ -164,6 +203,17 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
         self._self_id = node_id_for(config.identity.public_key())
         if self_node is None or self_node.id != self._self_id:
             raise InvalidParameter("selfNode must be this identity's FleetNode")
+        incarnations = dict(config.incarnations or {})
+        self._incarnation = config.incarnation
+        self._joining = config.joining
+        self._guard = config.snapshot_guard
+        self._halted = False
+        self._view: dict[str, tuple[FleetMember, int]] = {
+            node_id: (member, incarnations.get(node_id, 0))
+            for node_id, member in config.membership.items()
+        }
+        self._view[self._self_id] = (config.membership[self._self_id], self._incarnation)
+        self._highest: dict[str, int] = {n: inc for n, (_, inc) in self._view.items()}
         self._poller: Any = sync_obj._poller
         self._peers: dict[str, Any] = {}
         self._established: dict[str, _Connection] = {}
@@ -212,29 +262,100 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
         """Nothing to wait for: binding happens in :meth:`tryGetReady`."""
 
     def addNode(self, node: Any) -> None:  # noqa: N802  # pysyncobj's name
-        """Start talking to ``node`` if it is in the membership; refuse it otherwise."""
-        if node.id not in self._membership or node.id == self._self_id:
+        """Start talking to ``node`` (a membership change was appended to the log).
+
+        A :class:`MemberNode` brings its member record (identity key, address,
+        incarnation) from the log; a plain node is accepted only if already known.
+        """
+        if node.id == self._self_id:
+            return
+        if type(node) is MemberNode:
+            record = (node.member, node.incarnation)
+            if self._view.get(node.id) == record:
+                self._peers[node.id] = node
+                return
+            view = dict(self._view)
+            view[node.id] = record
+            try:
+                membership = FleetMembership(
+                    self._membership.fleet_id, [m for m, _ in view.values()]
+                )
+            except InvalidParameter as exc:
+                logger.warning("refusing to add node %s: %s", _short(str(node.id)), exc)
+                return
+            self._view, self._membership = view, membership
+            self._highest[node.id] = max(self._highest.get(node.id, 0), node.incarnation)
+            self._drop_links(node.id, "membership record changed")
+        elif node.id not in self._view:
             logger.warning("refusing to add node %s: not a fleet member", _short(str(node.id)))
             return
         self._peers[node.id] = node
 
     def dropNode(self, node: Any) -> None:  # noqa: N802  # pysyncobj's name
-        """Stop talking to ``node`` and close its connections."""
+        """Stop talking to ``node``, forget its member record and close its connections."""
         self._peers.pop(node.id, None)
+        if node.id != self._self_id and node.id in self._view:
+            view = dict(self._view)
+            del view[node.id]
+            self._view = view
+            self._membership = FleetMembership(
+                self._membership.fleet_id, [m for m, _ in view.values()]
+            )
+        self._drop_links(node.id, "node dropped")
+
+    def _drop_links(self, node_id: str, reason: str) -> None:
         for table in (self._established, self._dialing):
-            conn = table.get(node.id)
+            conn = table.get(node_id)
             if conn is not None:
-                self._close(conn, "node dropped")
+                self._close(conn, reason)
+
+    # -- membership view (read by RaftNode from other threads: copies only) -----------------
+
+    def members(self) -> dict[str, tuple[FleetMember, int]]:
+        """The member records this transport currently trusts: node id -> (member,
+        incarnation), this node included. A copy."""
+        return dict(self._view)
+
+    def highest_incarnation(self, node_id: str) -> int | None:
+        """The highest incarnation of ``node_id`` this transport has seen, or None."""
+        return self._highest.get(node_id)
+
+    @property
+    def joining(self) -> bool:
+        """True while this node is a new incarnation not yet admitted to the fleet."""
+        return self._joining
+
+    def halt(self) -> None:
+        """Stop sending and delivering at once (fail-stop, tick thread); sockets are closed
+        by :meth:`destroy` when pysyncobj stops."""
+        self._halted = True
+
+    def set_joined(self) -> None:
+        """End joining mode (tick thread): the log now lists this node's incarnation.
+        Peers with a verified hello are reported to pysyncobj as connected."""
+        if not self._joining:
+            return
+        self._joining = False
+        for peer_id, conn in list(self._established.items()):
+            node = self._peers.get(peer_id)
+            if conn.hello_ok and node is not None and not conn.closed:
+                self._onNodeConnected(node)
 
     def send(self, node: Any, message: Any) -> bool:
         """Encode, seal and queue ``message`` for ``node``. Returns False if there is no
         authenticated link to it, the message is not supported by the codec, or the link
         failed; pysyncobj treats False as "not sent"."""
         conn = self._established.get(node.id)
-        if conn is None or conn.link is None or conn.closed:
+        if conn is None or conn.link is None or conn.closed or not conn.hello_ok:
+            return False
+        if self._halted:
+            return False
+        chunk = message.get("serialized") if isinstance(message, dict) else None
+        guard = self._guard
+        if guard is not None and type(chunk) is tuple and not guard.outgoing(node.id, chunk):
             return False
         try:
-            payload = codec.encode(message)
+            payload = codec.encode(message, snapshot_chunks=self._guard is not None)
             frame = conn.link.seal(payload)
         except (InvalidParameter, VerificationError) as exc:
             logger.warning("not sending a message: %s", exc)
@@ -441,16 +562,47 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
         conn.state = _State.OPEN
         self._established[peer_id] = conn
         logger.debug("link to %s established", _short(peer_id))
-        self._onNodeConnected(node)
+        _, peer_incarnation = self._view[peer_id]
+        hello = _HELLO.pack(_HELLO_MAGIC, _HELLO_VERSION, self._incarnation, peer_incarnation)
+        conn.outbuf += link.seal(hello)
+        self._flush(conn)
+
+    def _check_hello(self, conn: _Connection, plaintext: bytes) -> None:
+        """The peer's first frame: its incarnation and what it believes ours is."""
+        assert conn.peer_id is not None
+        if len(plaintext) != _HELLO.size:
+            raise VerificationError("link hello is malformed")
+        magic, version, theirs, ours = _HELLO.unpack(plaintext)
+        if magic != _HELLO_MAGIC or version != _HELLO_VERSION:
+            raise VerificationError("link hello is malformed")
+        if ours != self._incarnation:
+            raise VerificationError("peer does not know this node's current incarnation")
+        record = self._view.get(conn.peer_id)
+        if record is None:
+            raise VerificationError("peer is not a current member")
+        if theirs != record[1] and not self._joining:
+            raise VerificationError("peer runs an incarnation the membership does not list")
+        conn.hello_ok = True
+        node = self._peers.get(conn.peer_id)
+        if node is not None and not self._joining:
+            self._onNodeConnected(node)
 
     def _deliver(self, conn: _Connection, data: bytes) -> None:
         assert conn.link is not None
         assert conn.peer_id is not None
         node = self._peers.get(conn.peer_id)
         for plaintext in conn.link.receive(data):
-            message = codec.decode(plaintext)
-            if conn.closed or node is None:
+            if not conn.hello_ok:
+                self._check_hello(conn, plaintext)
+                continue
+            message = codec.decode(plaintext, snapshot_chunks=self._guard is not None)
+            if conn.closed or node is None or self._halted:
                 return
+            if self._joining and message["type"] in _JOINING_DROPS:
+                continue
+            chunk = message.get("serialized")
+            if self._guard is not None and chunk is not None:
+                self._guard.incoming(node.id, chunk)
             self._onMessageReceived(node, message)
 
     def _close(self, conn: _Connection, reason: str, *, notify: bool = True) -> None:

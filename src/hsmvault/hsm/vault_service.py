@@ -2,10 +2,18 @@
 
 Every request from outside the trusted zone arrives here as bytes of a
 :mod:`hsmvault.wire.hsm_api` request and leaves as the bytes of its paired response. The
-method never raises: bytes that do not parse, or fields that do not parse as the crypto
-types they stand for, are answered ``BAD_REQUEST`` *before* anything is submitted or any
-session is touched (no state change); no quorum is ``UNAVAILABLE``; an unexpected
-internal error is logged by type only and answered ``UNAVAILABLE``.
+method never raises: bytes that do not parse, fields that do not parse as the crypto
+types they stand for, and sealed uploads that do not open are answered ``BAD_REQUEST``
+*before* anything is submitted or any session is touched (no state change); no quorum is
+``UNAVAILABLE``; an unexpected internal error is logged by type only and answered
+``UNAVAILABLE``.
+
+Sealed uploads: the registration record, KSF parameters and wrapped key reach the node
+only as a fleet seal (``crypto.fleet_seal``, HPKE to the fleet's ``enc`` key, purpose
+``registration-upload``, context :func:`~hsmvault.wire.hsm_api.upload_context` of user id
+and credential nonce). The node opens it with ``upload_key`` (the fleet's ``enc`` private
+key); one made for another user id, another nonce or another fleet, or altered, does not
+open.
 
 Flows (numbered as enforced):
 
@@ -17,7 +25,9 @@ Registration start
     OPRF key of any stored record (no uncounted guesses, no pre-registration
     precomputation).
 Register
-    1. parse record and KSF params; 2. commit ``Register``; 3. map the result.
+    1. open the sealed upload under the context of the request's user id and nonce;
+    2. parse the upload, its record and its KSF params; 3. commit ``Register``; 4. map
+    the result.
 Login start
     1. parse KE1; 2. reserve a session slot (``UNAVAILABLE`` if full, nothing counted);
     3. commit ``BeginAttempt`` — the guess counter's increment is committed before
@@ -31,10 +41,13 @@ Login finish
     the wrapped key to the session key (``crypto.session_box``), keep the session as
     *authenticated* for ``authenticated_session_ttl`` seconds → ``OK``.
 Change secret / delete
-    1. parse the new material; 2. find an authenticated session; 3. verify the request's
-    session authenticator (``INVALID_LOGIN`` if wrong; the session stays); 4. consume
-    the session; 5. commit ``Replace``/``Delete`` naming the record version the login
-    proved, so a since-replaced record is never touched.
+    1. find an authenticated session (``NO_SESSION`` if none); 2. change secret only:
+    open the sealed upload under the context of the *session's* user id and the
+    request's nonce, and parse it as in Register (``BAD_REQUEST`` if either fails; the
+    session stays); 3. verify the request's session authenticator (``INVALID_LOGIN`` if
+    wrong; the session stays); 4. consume the session; 5. commit ``Replace``/``Delete``
+    naming the record version the login proved, so a since-replaced record is never
+    touched.
 
 Unknown users (RFC 9807 §10.9): the same command type (``BeginAttempt``) is committed
 for them, KE2 has the same length and is computed the same way, the KSF parameters are
@@ -64,6 +77,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from hsmvault.crypto.fleet_seal import PURPOSE_REGISTRATION_UPLOAD, open_from_client
 from hsmvault.crypto.ksf import DEFAULT_KSF_PARAMS, KsfAlgorithm, KsfParams
 from hsmvault.crypto.opaque.messages import KE1, KE3, RegistrationRecord, RegistrationRequest
 from hsmvault.crypto.opaque.parties import OpaqueServer
@@ -123,12 +139,14 @@ from hsmvault.wire.hsm_api import (
     RegisterResponse,
     RegistrationStartRequest,
     RegistrationStartResponse,
+    RegistrationUpload,
     Request,
     Response,
     StatusRequest,
     StatusResponse,
     decode_request,
     refusal_for,
+    upload_context,
 )
 
 __all__ = ["Consensus", "VaultService", "VaultServiceConfig", "credential_identifier"]
@@ -221,7 +239,10 @@ class VaultService:
     """The node's request handler. Thread-safe: many ``handle`` calls may run at once
     (each blocks in ``Consensus.submit``); session bookkeeping takes one lock.
 
-    ``clock`` (monotonic seconds) and ``rng`` are injectable for tests.
+    ``upload_key`` is the fleet's ``enc`` private key
+    (:meth:`hsmvault.fleet.fleet_keys.FleetSecretKeys.enc_private`), which opens the
+    sealed uploads of Register and ChangeSecret. ``clock`` (monotonic seconds) and
+    ``rng`` are injectable for tests.
     """
 
     __slots__ = (
@@ -235,6 +256,7 @@ class VaultService:
         "_rng",
         "_server",
         "_sessions",
+        "_upload_key",
     )
 
     def __init__(
@@ -242,12 +264,16 @@ class VaultService:
         server: OpaqueServer,
         consensus: Consensus,
         *,
+        upload_key: X25519PrivateKey,
         config: VaultServiceConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: RandomBytes | None = None,
     ) -> None:
         self._server = server
         self._consensus = consensus
+        if not isinstance(upload_key, X25519PrivateKey):
+            raise InvalidParameter("upload_key must be an X25519 private key")
+        self._upload_key = upload_key
         self._config = config if config is not None else VaultServiceConfig()
         self._clock = clock
         self._rng: RandomBytes = rng if rng is not None else secrets.token_bytes
@@ -310,13 +336,28 @@ class VaultService:
             raise _InternalError("state machine refused our own command")
         return result
 
-    def _parse_material(self, record: bytes, ksf_params: bytes) -> None:
-        """Parse (and so validate) a new record and its KSF parameters."""
-        RegistrationRecord.from_bytes(record)
-        params = KsfParams.from_bytes(ksf_params)
+    def _open_upload(
+        self, sealed_upload: bytes, user_id: bytes, credential_nonce: bytes
+    ) -> RegistrationUpload:
+        """Open a sealed upload made for ``user_id`` and ``credential_nonce`` and parse
+        (so validate) it, its record and its KSF parameters. Raises
+        :class:`DecodeError` (answered ``BAD_REQUEST``) if any of that fails."""
+        try:
+            plaintext = open_from_client(
+                self._upload_key,
+                sealed_upload,
+                purpose=PURPOSE_REGISTRATION_UPLOAD,
+                context=upload_context(user_id, credential_nonce),
+            )
+        except VerificationError:
+            raise DecodeError("the sealed upload did not open") from None
+        upload = RegistrationUpload.from_bytes(plaintext)
+        RegistrationRecord.from_bytes(upload.registration_record)
+        params = KsfParams.from_bytes(upload.ksf_params)
         unsafe = params.algorithm is KsfAlgorithm.UNSAFE_IDENTITY
         if unsafe and not self._config.unsafe_allow_identity_ksf:
             raise DecodeError("the identity KSF is refused for real records")
+        return upload
 
     def _index(self, session_id: bytes) -> bytes:
         return hashlib.blake2b(session_id, key=self._index_key, digest_size=32).digest()
@@ -370,17 +411,19 @@ class VaultService:
         return RegistrationStartResponse(Outcome.OK, nonce, response.to_bytes())
 
     def _register(self, request: RegisterRequest) -> Response:
-        self._parse_material(request.registration_record, request.ksf_params)
+        upload = self._open_upload(  # 1.-2.
+            request.sealed_upload, request.user_id, request.credential_nonce
+        )
         command = Register(
             request.user_id,
             request.credential_nonce,
-            request.registration_record,
-            request.ksf_params,
-            request.wrapped_key,
+            upload.registration_record,
+            upload.ksf_params,
+            upload.wrapped_key,
             request.guess_limit,
             request.replace,
         )
-        match self._submit(command):
+        match self._submit(command):  # 3.-4.
             case Applied():
                 return RegisterResponse(Outcome.OK)
             case Refused(Refusal.ALREADY_REGISTERED):
@@ -456,51 +499,56 @@ class VaultService:
         self._store(session)
         return LoginFinishResponse(Outcome.OK, sealed)
 
-    def _authenticated_session(
-        self, session_id: bytes, message: bytes, authenticator: bytes, label: bytes
-    ) -> _Session | Outcome:
-        """Steps 2-4 of change secret / delete: the consumed session or why not."""
-        session = self._lookup(session_id, authenticated=True, take=False)
-        if session is None or session.session_key is None:
+    def _consume_authenticated(
+        self, session: _Session, message: bytes, authenticator: bytes, label: bytes
+    ) -> Outcome | None:
+        """Steps 3-4 of change secret / delete: verify the authenticator, then consume
+        ``session``. ``None`` once consumed, else why not (the session stays)."""
+        if session.session_key is None:  # pragma: no cover - looked up as authenticated
             return Outcome.NO_SESSION
         try:
             verify_session_authenticator(session.session_key, message, authenticator, label=label)
         except VerificationError:
             return Outcome.INVALID_LOGIN
-        if self._lookup(session_id, authenticated=True, take=True) is not session:
+        if self._lookup(session.session_id, authenticated=True, take=True) is not session:
             return Outcome.NO_SESSION  # a concurrent request used it first
-        return session
+        return None
 
     def _change_secret(self, request: ChangeSecretRequest) -> Response:
-        self._parse_material(request.registration_record, request.ksf_params)  # 1.
-        session = self._authenticated_session(
-            request.session_id,
-            request.authenticated_bytes(),
-            request.authenticator,
-            LABEL_CHANGE_SECRET,
+        session = self._lookup(request.session_id, authenticated=True, take=False)  # 1.
+        if session is None:
+            return ChangeSecretResponse(Outcome.NO_SESSION)
+        upload = self._open_upload(  # 2. BAD_REQUEST leaves the session as it is
+            request.sealed_upload, session.user_id, request.credential_nonce
         )
-        if isinstance(session, Outcome):
-            return ChangeSecretResponse(session)
+        refusal = self._consume_authenticated(  # 3.-4.
+            session, request.authenticated_bytes(), request.authenticator, LABEL_CHANGE_SECRET
+        )
+        if refusal is not None:
+            return ChangeSecretResponse(refusal)
         if session.record_version is None:  # pragma: no cover - only real logins succeed
             raise _InternalError("authenticated session without a record")
         command = Replace(
             session.user_id,
             session.record_version,
             request.credential_nonce,
-            request.registration_record,
-            request.ksf_params,
-            request.wrapped_key,
+            upload.registration_record,
+            upload.ksf_params,
+            upload.wrapped_key,
         )
         if isinstance(self._submit(command), Applied):  # 5.
             return ChangeSecretResponse(Outcome.OK)
         return ChangeSecretResponse(Outcome.NO_SESSION)
 
     def _delete(self, request: DeleteRequest) -> Response:
-        session = self._authenticated_session(
-            request.session_id, request.authenticated_bytes(), request.authenticator, LABEL_DELETE
+        session = self._lookup(request.session_id, authenticated=True, take=False)  # 1.
+        if session is None:
+            return DeleteResponse(Outcome.NO_SESSION)
+        refusal = self._consume_authenticated(  # 3.-4.
+            session, request.authenticated_bytes(), request.authenticator, LABEL_DELETE
         )
-        if isinstance(session, Outcome):
-            return DeleteResponse(session)
+        if refusal is not None:
+            return DeleteResponse(refusal)
         if session.record_version is None:  # pragma: no cover - only real logins succeed
             raise _InternalError("authenticated session without a record")
         if isinstance(self._submit(Delete(session.user_id, session.record_version)), Applied):

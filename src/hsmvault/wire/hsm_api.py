@@ -25,6 +25,21 @@ sealed boxes are opaque length-bounded byte strings here; the node parses them w
 crypto types before using them. Fixed sizes that are ours (session id, credential nonce,
 authenticator) are constants below.
 
+**Sealed uploads.** What a registration stores — the OPAQUE ``RegistrationRecord`` (it
+holds the masking key), the KSF parameters and the client's wrapped backup key — never
+crosses the host in the clear. The client encodes it as a :class:`RegistrationUpload`
+(version :data:`UPLOAD_VERSION`)::
+
+    upload = version u8 || registration_record (u16-prefixed, 1..MAX_OPAQUE_MESSAGE_LEN)
+             || ksf_params (u8-prefixed, 1..MAX_KSF_PARAMS_LEN)
+             || wrapped_key (u16-prefixed, 1..MAX_WRAPPED_KEY_LEN)
+
+and seals it to the fleet's ``enc`` key (``crypto.fleet_seal``, HPKE, purpose
+``registration-upload``) under :func:`upload_context` of the user id and credential
+nonce; ``RegisterRequest`` and ``ChangeSecretRequest`` carry only the seal
+(``sealed_upload``). Only a node opens it, and a seal made for another user id or nonce
+does not open.
+
 ``repr`` shows field lengths, never field bytes: no wire message ever prints a secret.
 """
 
@@ -46,14 +61,21 @@ __all__ = [
     "AUTHENTICATOR_LEN",
     "CREDENTIAL_NONCE_LEN",
     "DEFAULT_GUESS_LIMIT",
+    "FLEET_SEAL_OVERHEAD",
     "MAX_GUESS_LIMIT",
+    "MAX_KSF_PARAMS_LEN",
     "MAX_OPAQUE_MESSAGE_LEN",
     "MAX_SEALED_KEY_LEN",
+    "MAX_SEALED_UPLOAD_LEN",
+    "MAX_UPLOAD_LEN",
     "MAX_USER_ID_LEN",
     "MAX_WRAPPED_KEY_LEN",
     "MIN_GUESS_LIMIT",
+    "MIN_SEALED_UPLOAD_LEN",
+    "MIN_UPLOAD_LEN",
     "RESPONSE_FOR",
     "SESSION_ID_LEN",
+    "UPLOAD_VERSION",
     "AttemptsRemainingRequest",
     "AttemptsRemainingResponse",
     "ChangeSecretRequest",
@@ -70,6 +92,7 @@ __all__ = [
     "RegisterResponse",
     "RegistrationStartRequest",
     "RegistrationStartResponse",
+    "RegistrationUpload",
     "Request",
     "Response",
     "StatusRequest",
@@ -77,10 +100,11 @@ __all__ = [
     "decode_request",
     "decode_response",
     "refusal_for",
+    "upload_context",
 ]
 
-#: Version byte that starts every request and response.
-API_VERSION: Final = 1
+#: Version byte that starts every request and response (2: uploads are sealed).
+API_VERSION: Final = 2
 #: User ids are 1..255 opaque bytes (chosen by the host's routing layer).
 MAX_USER_ID_LEN: Final = 255
 #: Login session ids: 16 random bytes chosen by the node.
@@ -93,10 +117,24 @@ AUTHENTICATOR_LEN: Final = 64
 MAX_OPAQUE_MESSAGE_LEN: Final = 1024
 #: Bound on encoded KSF parameters (the real encoding is 14 bytes).
 MAX_KSF_PARAMS_LEN: Final = 64
-#: Bound on the client's wrapped backup key sealed to the fleet: 1 KiB.
+#: Bound on the client's wrapped backup key (inside the sealed upload): 1 KiB.
 MAX_WRAPPED_KEY_LEN: Final = 1024
 #: Bound on the wrapped key re-sealed to a login session (session box overhead <= 64).
 MAX_SEALED_KEY_LEN: Final = MAX_WRAPPED_KEY_LEN + 64
+#: Version byte that starts a :class:`RegistrationUpload` (the plaintext of a seal).
+UPLOAD_VERSION: Final = 1
+#: Length of the shortest and the longest :class:`RegistrationUpload` encoding.
+MIN_UPLOAD_LEN: Final = 1 + (2 + 1) + (1 + 1) + (2 + 1)
+MAX_UPLOAD_LEN: Final = (
+    1 + (2 + MAX_OPAQUE_MESSAGE_LEN) + (1 + MAX_KSF_PARAMS_LEN) + (2 + MAX_WRAPPED_KEY_LEN)
+)
+#: Bytes a fleet seal adds to its plaintext (version 1 + HPKE enc 32 + AES-GCM tag 16).
+#: Must equal ``hsmvault.crypto.fleet_seal.FLEET_SEAL_OVERHEAD``: ``wire`` imports no
+#: crypto, so the value is written here and a test asserts the two agree.
+FLEET_SEAL_OVERHEAD: Final = 49
+#: Bounds on ``sealed_upload``: a fleet seal of a :class:`RegistrationUpload`.
+MIN_SEALED_UPLOAD_LEN: Final = MIN_UPLOAD_LEN + FLEET_SEAL_OVERHEAD
+MAX_SEALED_UPLOAD_LEN: Final = MAX_UPLOAD_LEN + FLEET_SEAL_OVERHEAD
 #: Guess limits a record may have, and the default.
 MIN_GUESS_LIMIT: Final = 1
 MAX_GUESS_LIMIT: Final = 255
@@ -155,6 +193,7 @@ _OPAQUE = _Var(2, 1, MAX_OPAQUE_MESSAGE_LEN)
 _KSF = _Var(1, 1, MAX_KSF_PARAMS_LEN)
 _WRAPPED = _Var(2, 1, MAX_WRAPPED_KEY_LEN)
 _SEALED = _Var(2, 1, MAX_SEALED_KEY_LEN)
+_SEALED_UPLOAD = _Var(2, MIN_SEALED_UPLOAD_LEN, MAX_SEALED_UPLOAD_LEN)
 _SESSION_ID = _Fixed(SESSION_ID_LEN)
 _NONCE = _Fixed(CREDENTIAL_NONCE_LEN)
 _AUTHENTICATOR = _Fixed(AUTHENTICATOR_LEN)
@@ -334,6 +373,70 @@ class _ResponseBase(_Message):
         return factory(outcome=outcome)
 
 
+# --------------------------------------------------------------------------- sealed upload
+
+_UPLOAD_CONTEXT_LABEL: Final = b"hsmvault/registration-upload/v1\x00"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RegistrationUpload(_Message):
+    """What a registration stores, as the client hands it to the fleet: the OPAQUE
+    ``RegistrationRecord`` (with its masking key), the KSF parameters the client used,
+    and its wrapped backup key. The *plaintext* of ``sealed_upload`` in
+    :class:`RegisterRequest` and :class:`ChangeSecretRequest` — not a request; it never
+    travels unsealed. Encoding: see the module docstring (version :data:`UPLOAD_VERSION`,
+    no trailing bytes)."""
+
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("registration_record", _OPAQUE),
+        ("ksf_params", _KSF),
+        ("wrapped_key", _WRAPPED),
+    )
+
+    registration_record: bytes
+    ksf_params: bytes
+    wrapped_key: bytes
+
+    def __post_init__(self) -> None:
+        try:
+            self._write_fields(Writer(), self._FIELDS)
+        except InvalidParameter as exc:
+            raise DecodeError(f"RegistrationUpload: {exc}") from None
+
+    def to_bytes(self) -> bytes:
+        """The canonical encoding: version, then the fields."""
+        w = Writer().u8(UPLOAD_VERSION)
+        self._write_fields(w, self._FIELDS)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """Parse strictly; raises :class:`DecodeError` only."""
+        r = Reader(data)
+        if r.u8() != UPLOAD_VERSION:
+            raise DecodeError("unknown registration upload version")
+        values = cls._read_fields(r, cls._FIELDS)
+        r.finish()
+        factory: Callable[..., Self] = cls
+        return factory(**values)
+
+
+def upload_context(user_id: bytes, credential_nonce: bytes) -> bytes:
+    """The fleet-seal context of a registration upload for ``user_id`` and the
+    ``credential_nonce`` the node issued: a domain label, then each field with a one-byte
+    length prefix (so no two pairs share a context). The client seals under it, the node
+    opens under it. Raises :class:`~hsmvault.errors.InvalidParameter` for a user id or
+    nonce out of bounds."""
+    if not isinstance(user_id, bytes) or not 1 <= len(user_id) <= MAX_USER_ID_LEN:
+        raise InvalidParameter(f"user id must be 1..{MAX_USER_ID_LEN} bytes")
+    if not isinstance(credential_nonce, bytes) or len(credential_nonce) != CREDENTIAL_NONCE_LEN:
+        raise InvalidParameter(f"credential nonce must be {CREDENTIAL_NONCE_LEN} bytes")
+    w = Writer().fixed(_UPLOAD_CONTEXT_LABEL, len(_UPLOAD_CONTEXT_LABEL))
+    w.var_bytes(user_id, prefix=1, max_len=MAX_USER_ID_LEN, min_len=1)
+    w.var_bytes(credential_nonce, prefix=1, max_len=CREDENTIAL_NONCE_LEN)
+    return w.getvalue()
+
+
 # --------------------------------------------------------------------------- requests
 
 
@@ -354,28 +457,25 @@ class RegistrationStartRequest(_RequestBase):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class RegisterRequest(_RequestBase):
-    """Store a record: the OPAQUE ``RegistrationRecord``, the KSF parameters the client
-    used, the client's wrapped backup key (sealed to the fleet, opaque to the node), the
-    guess limit (1..255, default 10), and the ``credential_nonce`` the node issued in
-    ``RegistrationStartResponse``. ``replace`` overwrites an existing record (and is the
-    explicit re-enrolment of a locked-out user id; see ``hsm.vault_state``)."""
+    """Store a record: ``sealed_upload`` is a :class:`RegistrationUpload` (record, KSF
+    parameters, wrapped key) sealed to the fleet's ``enc`` key under
+    :func:`upload_context` of ``user_id`` and ``credential_nonce`` (the nonce the node
+    issued in ``RegistrationStartResponse``); the guess limit (1..255, default 10).
+    ``replace`` overwrites an existing record (and is the explicit re-enrolment of a
+    locked-out user id; see ``hsm.vault_state``)."""
 
     TAG: ClassVar[int] = 0x02
     _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
         ("user_id", _USER_ID),
         ("credential_nonce", _NONCE),
-        ("registration_record", _OPAQUE),
-        ("ksf_params", _KSF),
-        ("wrapped_key", _WRAPPED),
+        ("sealed_upload", _SEALED_UPLOAD),
         ("guess_limit", _GUESS_LIMIT),
         ("replace", _Bool()),
     )
 
     user_id: bytes
     credential_nonce: bytes
-    registration_record: bytes
-    ksf_params: bytes
-    wrapped_key: bytes
+    sealed_upload: bytes
     guess_limit: int = DEFAULT_GUESS_LIMIT
     replace: bool = False
 
@@ -422,7 +522,9 @@ class AttemptsRemainingRequest(_RequestBase):
 @dataclass(frozen=True, slots=True, repr=False)
 class ChangeSecretRequest(_RequestBase):
     """Replace the record of the user of a session that just completed a successful
-    login. The new record comes from a fresh ``RegistrationStart`` (its nonce).
+    login. The new record comes from a fresh ``RegistrationStart`` (its nonce); it
+    travels as ``sealed_upload``, a :class:`RegistrationUpload` sealed to the fleet under
+    :func:`upload_context` of the *session's* user id and ``credential_nonce``.
 
     ``authenticator`` proves knowledge of the session key (the session id alone travels
     through the untrusted host): HMAC over :meth:`authenticated_bytes` under a key
@@ -432,21 +534,18 @@ class ChangeSecretRequest(_RequestBase):
     _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
         ("session_id", _SESSION_ID),
         ("credential_nonce", _NONCE),
-        ("registration_record", _OPAQUE),
-        ("ksf_params", _KSF),
-        ("wrapped_key", _WRAPPED),
+        ("sealed_upload", _SEALED_UPLOAD),
         ("authenticator", _AUTHENTICATOR),
     )
 
     session_id: bytes
     credential_nonce: bytes
-    registration_record: bytes
-    ksf_params: bytes
-    wrapped_key: bytes
+    sealed_upload: bytes
     authenticator: bytes
 
     def authenticated_bytes(self) -> bytes:
-        """What ``authenticator`` covers: the encoding without the authenticator."""
+        """What ``authenticator`` covers: the encoding without the authenticator (so
+        session id, nonce and the whole sealed upload)."""
         return self.to_bytes()[:-AUTHENTICATOR_LEN]
 
 

@@ -1,0 +1,173 @@
+"""The host's client for one HSM fleet: send a request to a node, fail over to another.
+
+Host-side and untrusted: it moves the bytes of :mod:`hsmvault.wire.hsm_api` requests and
+responses between a caller (the gateway, tests) and the nodes' API ports
+(:mod:`hsmvault.fleet.node_api` frames). It never opens, logs or keeps a secret; what it
+reads of a response is only the closed :class:`~hsmvault.wire.hsm_api.Outcome`.
+
+Contracts of :meth:`FleetClient.call`:
+
+* nodes are tried starting at ``prefer`` (else at the last node that answered), then in
+  index order, each at most once per call;
+* a node that cannot be reached, times out, or breaks the frame protocol is skipped; so
+  is one that answers ``UNAVAILABLE`` (no quorum on its side) — the next node is tried;
+* ``failover=False`` pins the request to one node (use it for ``LoginFinish``,
+  ``ChangeSecret`` and ``Delete``: their sessions live in the memory of the node that
+  answered ``LoginStart``);
+* when no node gave a definite answer it raises :class:`~hsmvault.errors.Unavailable`
+  naming how many nodes were tried — never a raw socket error.
+
+Retrying a request on another node is safe for the vault: a ``LoginStart`` whose answer
+was lost may have counted one guess (the count is committed before KE2 exists), and
+repeating it counts at most one more, exactly as a user retrying would.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hsmvault.errors import DecodeError, InvalidParameter, Unavailable
+from hsmvault.fleet.fleet_keys import FleetPublicKeys
+from hsmvault.fleet.formation import FleetLayout
+from hsmvault.fleet.node_api import KIND_NODE_INFO, KIND_VAULT, NodeInfo, recv_frame, send_frame
+from hsmvault.wire.hsm_api import Outcome, Response, decode_response
+
+__all__ = ["FleetClient", "FleetClientConfig", "NodeAnswer"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetClientConfig:
+    """Timeouts, in seconds.
+
+    * ``connect_timeout`` — TCP connect to one node (loopback or LAN: short);
+    * ``request_timeout`` — one request on one node; must exceed the nodes' commit
+      timeout (3 s by default) or slow commits look like dead nodes.
+    """
+
+    connect_timeout: float = 1.0
+    request_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (self.connect_timeout > 0 and self.request_timeout > 0):
+            raise InvalidParameter("timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """A decoded response and the index of the node that gave it."""
+
+    node: int
+    response: Response
+    raw: bytes
+
+
+class FleetClient:
+    """Talks to the nodes at ``addresses`` (index order = the fleet's). Thread-safe: each
+    call opens its own connection (loopback connections are cheap; pooling can come with
+    the gateway).
+
+    ``public_keys`` (optional) are the fleet's published public keys (``fleet.json``),
+    which the host hands to devices: they seal registration uploads to its ``enc`` key.
+    The client itself never uses them."""
+
+    def __init__(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        config: FleetClientConfig | None = None,
+        *,
+        public_keys: FleetPublicKeys | None = None,
+    ) -> None:
+        if not addresses:
+            raise InvalidParameter("a fleet client needs at least one node address")
+        self._addresses = [(str(h), int(p)) for h, p in addresses]
+        self._public_keys = public_keys
+        self._config = config or FleetClientConfig()
+        self._lock = threading.Lock()
+        self._last_good = 0
+
+    @classmethod
+    def from_fleet_dir(
+        cls, base_dir: str | Path, config: FleetClientConfig | None = None
+    ) -> FleetClient:
+        """A client for the fleet whose ``fleet.json`` is in ``base_dir`` (with its
+        public keys)."""
+        layout = FleetLayout.load(base_dir)
+        return cls(layout.api_addresses, config, public_keys=layout.public_keys)
+
+    @property
+    def size(self) -> int:
+        return len(self._addresses)
+
+    @property
+    def public_keys(self) -> FleetPublicKeys | None:
+        """The fleet's public keys, if this client was given them."""
+        return self._public_keys
+
+    def __repr__(self) -> str:
+        return f"FleetClient(nodes={len(self._addresses)})"
+
+    # ----------------------------------------------------------------- calls
+
+    def call(
+        self, request: bytes, *, prefer: int | None = None, failover: bool = True
+    ) -> NodeAnswer:
+        """Send one wire request; return the first definite answer (see the module
+        docstring). Raises :class:`Unavailable` if none came."""
+        order = self._order(prefer, failover)
+        last_unavailable: NodeAnswer | None = None
+        for index in order:
+            try:
+                kind, body = self._exchange(index, KIND_VAULT, request)
+                if kind != KIND_VAULT:
+                    raise DecodeError("node answered with another frame kind")
+                response = decode_response(body)
+            except (OSError, DecodeError) as exc:
+                _log.info("node %d failed: %s", index, type(exc).__name__)
+                continue
+            answer = NodeAnswer(index, response, body)
+            if response.outcome is Outcome.UNAVAILABLE:
+                last_unavailable = answer
+                continue
+            with self._lock:
+                self._last_good = index
+            return answer
+        if last_unavailable is not None and not failover:
+            return last_unavailable
+        raise Unavailable(f"no node of the fleet answered (tried {len(order)})")
+
+    def node_info(self, index: int) -> NodeInfo:
+        """Node ``index``'s :class:`NodeInfo`; :class:`Unavailable` if it cannot answer."""
+        try:
+            kind, body = self._exchange(index, KIND_NODE_INFO, b"")
+            if kind != KIND_NODE_INFO:
+                raise DecodeError("node answered with another frame kind")
+            return NodeInfo.from_bytes(body)
+        except (OSError, DecodeError) as exc:
+            raise Unavailable(f"node {index} did not answer ({type(exc).__name__})") from None
+
+    def _order(self, prefer: int | None, failover: bool) -> list[int]:
+        n = len(self._addresses)
+        if prefer is not None and not 0 <= prefer < n:
+            raise InvalidParameter("prefer must be a node index")
+        with self._lock:
+            start = prefer if prefer is not None else self._last_good
+        if not failover:
+            return [start]
+        return [start] + [i for i in range(n) if i != start]
+
+    def _exchange(self, index: int, kind: int, body: bytes) -> tuple[int, bytes]:
+        host, port = self._addresses[index]
+        with socket.create_connection((host, port), timeout=self._config.connect_timeout) as sock:
+            sock.settimeout(self._config.request_timeout)
+            send_frame(sock, kind, body)
+            frame = recv_frame(sock)
+        if frame is None:
+            raise DecodeError("node closed the connection without answering")
+        return frame

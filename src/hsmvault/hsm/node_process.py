@@ -1,0 +1,493 @@
+"""One HSM node as an OS process: ``python -m hsmvault.hsm.node_process --node-dir DIR``.
+
+The node directory is laid out by :func:`hsmvault.fleet.formation.form_fleet`
+(``DIR/nvram`` = trusted-zone stand-in, ``DIR/host`` = untrusted host-side state). At
+start, in order (any failure: exit status 2, one line on stderr and in the log):
+
+1. read ``host/node.json`` and the fleet file it names (public, untrusted);
+2. open the NVRAM and the key custody (software keys from NVRAM, or the SoftHSM2 token
+   whose PIN file lives in ``nvram/``); the NVRAM identity must match the custody;
+3. check that the membership pinned in NVRAM at formation equals the fleet file's member
+   ids — a host that edits ``fleet.json`` cannot add, drop or swap a member key — and
+   that every member's link key is certified by its custody identity key;
+4. unseal the fleet link key and the fleet keys from ``host/`` (custody-sealed; any
+   tampering is a :class:`~hsmvault.errors.VerificationError`), and check that they match
+   this node's member entry and the fleet's published public keys;
+5. build the vault state machine, the Raft node (:class:`~hsmvault.fleet.raft_node.RaftNode`)
+   with its sealed journal in ``host/`` (anchored in ``nvram/``; incarnation = the NVRAM
+   epoch) and :class:`~hsmvault.hsm.vault_service.VaultService` over a
+   :class:`RaftConsensus`. The vault state is rebuilt by replaying the journal. A journal
+   that does not verify (rolled back, forked, tampered) makes the node refuse to start
+   (exit 2): readmitting it as a new incarnation is not automated yet;
+6. serve the API port (:mod:`hsmvault.fleet.node_api` frames) on loopback, write
+   ``host/ready.json`` and print ``READY <node id>`` on stdout.
+
+SIGTERM or SIGINT stops it cleanly (server, Raft node, custody, NVRAM; ready file
+removed). SIGKILL is, of course, also allowed: that is what the fault tests do.
+
+The API server: one thread per connection, at most :data:`MAX_CONNECTIONS` at once (more
+are closed on accept), an idle timeout per connection, frame sizes bounded before any body
+is read, and any protocol violation closes the connection. It adds no authority: the door
+(``VaultService.handle``) is built for an untrusted caller.
+
+Logs go to ``host/node.log``: event names, node ids, ports, outcome names — never keys,
+PINs, OPAQUE messages or wrapped keys.
+
+``--provision`` is formation's step (see :mod:`hsmvault.fleet.formation`): a JSON-lines
+conversation on stdin/stdout that creates the custody keys, seals the fleet keys and the
+link key, and pins the membership in NVRAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hsmvault.errors import DecodeError, InvalidParameter, VaultError
+from hsmvault.fleet.fleet_keys import FleetSecretKeys, seal_fleet_keys, unseal_fleet_keys
+from hsmvault.fleet.formation import (
+    FORMED_INCARNATION,
+    LINK_CERT_PURPOSE,
+    NODE_CONFIG_FILE,
+    FleetLayout,
+    NodeLayout,
+    link_certificate_message,
+    read_peer_addresses,
+)
+from hsmvault.fleet.journal import FileAnchorStore, JournalConfig
+from hsmvault.fleet.membership import SoftwareIdentitySigner, node_id_for
+from hsmvault.fleet.node_api import KIND_NODE_INFO, KIND_VAULT, NodeInfo, recv_frame, send_frame
+from hsmvault.fleet.raft_node import FleetTimings, RaftNode
+from hsmvault.hsm.custody.base import KeyCustody, bind_identity, verify_signature
+from hsmvault.hsm.custody.software import SoftwareCustody
+from hsmvault.hsm.nvram import DirectoryNvram, NodeIdentity, Nvram, SignatureAlgorithm
+from hsmvault.hsm.vault_service import VaultService, VaultServiceConfig
+from hsmvault.hsm.vault_state import VaultState
+
+__all__ = [
+    "FLEET_KEYS_FILE",
+    "LINK_KEY_FILE",
+    "LINK_KEY_PURPOSE",
+    "MAX_CONNECTIONS",
+    "READY_FILE",
+    "NodeProcessConfig",
+    "RaftConsensus",
+    "main",
+]
+
+_log = logging.getLogger("hsmvault.node")
+
+#: Host-side files (all sealed by the node's custody, or public).
+FLEET_KEYS_FILE: Final = "fleet-keys.sealed"
+LINK_KEY_FILE: Final = "link-key.sealed"
+READY_FILE: Final = "ready.json"
+LOG_FILE: Final = "node.log"
+#: Custody sealing purpose of the link private key.
+LINK_KEY_PURPOSE: Final = b"hsmvault/fleet-link-key/v1"
+#: Most API connections served at once.
+MAX_CONNECTIONS: Final = 64
+
+
+@dataclass(frozen=True)
+class NodeProcessConfig:
+    """Runtime limits of one node process (defaults suit a local fleet).
+
+    * ``commit_timeout`` — seconds one command may wait for its commit before the door
+      answers ``UNAVAILABLE`` (the command may still commit later);
+    * ``idle_timeout`` — an API connection with no complete frame for this long is closed;
+    * ``timings`` — Raft timers.
+    """
+
+    commit_timeout: float = 3.0
+    idle_timeout: float = 30.0
+    timings: FleetTimings = field(default_factory=FleetTimings)
+
+    def __post_init__(self) -> None:
+        if not (self.commit_timeout > 0 and self.idle_timeout > 0):
+            raise InvalidParameter("timeouts must be positive")
+
+
+class StartupError(VaultError):
+    """The node refuses to start (bad layout, tampered sealed state, wrong membership)."""
+
+
+# --------------------------------------------------------------------------- consensus
+
+
+class RaftConsensus:
+    """The :class:`~hsmvault.hsm.vault_service.Consensus` a node's service runs over:
+    ``submit`` commits through :class:`RaftNode` (``Unavailable`` after
+    ``commit_timeout``), ``state`` is this replica's committed :class:`VaultState`."""
+
+    def __init__(self, raft: RaftNode, state: VaultState, commit_timeout: float) -> None:
+        self._raft = raft
+        self._state = state
+        self._timeout = commit_timeout
+
+    def submit(self, command: bytes) -> bytes:
+        return self._raft.submit(command, timeout=self._timeout)
+
+    def state(self) -> VaultState:
+        return self._state
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _read_node_config(node_dir: Path) -> tuple[int, str, Path]:
+    """(index, custody kind, fleet base dir) from ``host/node.json``."""
+    path = node_dir / "host" / NODE_CONFIG_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise StartupError("node config missing or not JSON") from None
+    expected = {"version", "index", "custody", "fleet_file"}
+    if not isinstance(doc, dict) or set(doc) != expected or doc["version"] != 1:
+        raise StartupError("node config has unexpected fields or version")
+    if type(doc["index"]) is not int or doc["custody"] not in ("software", "softhsm"):
+        raise StartupError("node config: bad index or custody kind")
+    fleet_file = (path.parent / str(doc["fleet_file"])).resolve()
+    return doc["index"], doc["custody"], fleet_file.parent
+
+
+def _open_custody(kind: str, nvram: Nvram, nvram_dir: Path, *, create: bool) -> KeyCustody:
+    if kind == "software":
+        return SoftwareCustody.open(nvram, create=create)
+    if create and not (nvram_dir / "custody.json").exists():
+        _create_softhsm_token(nvram_dir)
+    try:
+        doc = json.loads((nvram_dir / "custody.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise StartupError("SoftHSM2 custody file missing or not JSON") from None
+    os.environ["SOFTHSM2_CONF"] = str(doc["conf_path"])  # before the module loads
+    # PKCS#11 is loaded on demand (as hsm.custody does), after SOFTHSM2_CONF is set.
+    from hsmvault.hsm.custody.pkcs11 import Pkcs11Config, Pkcs11Custody  # noqa: PLC0415
+
+    custody = Pkcs11Custody.open(
+        Pkcs11Config(doc["module_path"], doc["token_label"], doc["user_pin"]), create=create
+    )
+    try:
+        bind_identity(custody, nvram)
+    except BaseException:
+        custody.close()
+        raise
+    return custody
+
+
+def _create_softhsm_token(nvram_dir: Path) -> None:
+    """A SoftHSM2 token inside the NVRAM directory, and the file the node opens it with:
+    the PIN stays inside the trusted-zone stand-in (mode 0600), never on the host side."""
+    from hsmvault.hsm.softhsm import create_softhsm_token  # noqa: PLC0415 - on demand
+
+    token = create_softhsm_token(nvram_dir / "softhsm", "hsmvault-node")
+    doc = {
+        "module_path": token.module_path,
+        "token_label": token.token_label,
+        "user_pin": token.user_pin,
+        "conf_path": str(token.conf_path),
+    }
+    _write_private(nvram_dir / "custody.json", json.dumps(doc).encode())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _verify_link_certificate(member: NodeLayout, fleet_id: bytes) -> None:
+    """VerificationError unless ``member``'s identity key certified its link key."""
+    try:
+        identity = NodeIdentity(
+            SignatureAlgorithm(member.identity_algorithm), member.identity_public_key
+        )
+    except ValueError:
+        raise StartupError("fleet file: a member identity key is invalid") from None
+    message = link_certificate_message(fleet_id, member.link_public_key)
+    verify_signature(identity, LINK_CERT_PURPOSE, message, member.link_certificate)
+
+
+def _link_signer(custody: KeyCustody, host_dir: Path, fleet_id: bytes) -> SoftwareIdentitySigner:
+    sealed = (host_dir / LINK_KEY_FILE).read_bytes()
+    seed = custody.unseal(LINK_KEY_PURPOSE, sealed, fleet_id)
+    return SoftwareIdentitySigner(Ed25519PrivateKey.from_private_bytes(seed))
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
+def _provision(node_dir: Path) -> int:
+    """Formation's step (JSON lines on stdin/stdout; see :mod:`hsmvault.fleet.formation`)."""
+    index, kind, _ = _read_node_config(node_dir)
+    host_dir = node_dir / "host"
+    request = json.loads(sys.stdin.readline())
+    keys = FleetSecretKeys.from_bytes(bytes.fromhex(request["fleet_keys"]))
+    with DirectoryNvram(node_dir / "nvram") as nvram:
+        if nvram.membership():
+            raise StartupError("this NVRAM already belongs to a fleet")
+        custody = _open_custody(kind, nvram, node_dir / "nvram", create=True)
+        try:
+            _write_private(host_dir / FLEET_KEYS_FILE, seal_fleet_keys(custody, keys))
+            link_key = Ed25519PrivateKey.generate()
+            _write_private(
+                host_dir / LINK_KEY_FILE,
+                custody.seal(LINK_KEY_PURPOSE, link_key.private_bytes_raw(), keys.fleet_id),
+            )
+            link_public = link_key.public_key().public_bytes_raw()
+            certificate = custody.sign(
+                LINK_CERT_PURPOSE, link_certificate_message(keys.fleet_id, link_public)
+            )
+            answer = {
+                "identity_algorithm": int(custody.identity.algorithm),
+                "identity_public_key": custody.identity.public_key.hex(),
+                "link_public_key": link_public.hex(),
+                "link_certificate": certificate.hex(),
+            }
+            print(json.dumps(answer), flush=True)
+            pinned = json.loads(sys.stdin.readline())["membership"]
+            members = [bytes.fromhex(m) for m in pinned]
+            if bytes.fromhex(node_id_for(link_public)) not in members:
+                raise StartupError("the membership does not contain this node")
+            nvram.set_membership(members, epoch=FORMED_INCARNATION)
+            print(json.dumps({"ok": True}), flush=True)
+        finally:
+            custody.close()
+    _log.info("node-%d provisioned", index)
+    return 0
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class NodeProcess:
+    """A started node: custody, Raft node, service and API server. :meth:`stop` once."""
+
+    def __init__(self, node_dir: Path, config: NodeProcessConfig) -> None:
+        self._config = config
+        self._stopping = threading.Event()
+        self._conn_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        index, kind, fleet_dir = _read_node_config(node_dir)
+        layout = FleetLayout.load(fleet_dir)
+        if not 0 <= index < len(layout.nodes) or layout.custody != kind:
+            raise StartupError("node config does not match the fleet file")
+        me: NodeLayout = layout.nodes[index]
+        if me.node_dir.resolve() != node_dir.resolve():
+            raise StartupError("node directory does not match the fleet file")
+        self.me = me
+        self._nvram = DirectoryNvram(me.nvram_dir)
+        self._custody: KeyCustody | None = None
+        self._raft: RaftNode | None = None
+        try:
+            self._custody = _open_custody(kind, self._nvram, me.nvram_dir, create=False)
+            if self._nvram.membership() != layout.pinned_member_ids():
+                raise StartupError("fleet file members differ from the membership pinned in NVRAM")
+            for member in layout.nodes:
+                _verify_link_certificate(member, layout.fleet_id)
+            signer = _link_signer(self._custody, me.host_dir, layout.fleet_id)
+            if node_id_for(signer.public_key()) != me.node_id:
+                raise StartupError("sealed link key is not this member's")
+            sealed_keys = (me.host_dir / FLEET_KEYS_FILE).read_bytes()
+            keys = unseal_fleet_keys(self._custody, sealed_keys, layout.fleet_id)
+            if keys.public() != layout.public_keys:
+                raise StartupError("sealed fleet keys differ from the published public keys")
+            overrides = read_peer_addresses(me.host_dir)
+            overrides.pop(me.node_id, None)  # a node binds its own fleet.json address
+            membership = layout.membership(overrides)
+            self._state = VaultState()
+            incarnation = self._nvram.epoch()
+            anchors = FileAnchorStore(me.nvram_dir)
+            journal = JournalConfig(
+                directory=me.host_dir,
+                sealer=self._custody,
+                anchors=anchors,
+                fresh=anchors.read_anchor() is None,  # first start of this incarnation
+            )
+            self._raft = RaftNode(
+                signer,
+                membership,
+                self._state.apply,
+                config.timings,
+                incarnation=incarnation,
+                incarnations=dict.fromkeys(membership, FORMED_INCARNATION),
+                journal=journal,
+            )
+            consensus = RaftConsensus(self._raft, self._state, config.commit_timeout)
+            self._service = VaultService(
+                keys.opaque_server(),
+                consensus,
+                upload_key=keys.enc_private(),
+                config=VaultServiceConfig(),
+            )
+            self._server = socket.create_server((me.host, me.api_port), backlog=64)
+        except BaseException:
+            self.stop()
+            raise
+        self._acceptor = threading.Thread(target=self._accept_loop, name="api-accept", daemon=True)
+
+    def start(self) -> None:
+        self._acceptor.start()
+
+    def node_info(self) -> NodeInfo:
+        raft = self._raft
+        assert raft is not None
+        obj: Any = getattr(raft, "_obj", None)  # term / commit index: pysyncobj internals
+        return NodeInfo(
+            node_id=bytes.fromhex(self.me.node_id),
+            region=self.me.region,
+            is_leader=raft.is_leader,
+            has_quorum=raft.has_quorum,
+            term=int(getattr(obj, "raftCurrentTerm", 0) or 0),
+            commit_index=int(getattr(obj, "raftCommitIndex", 0) or 0),
+            last_applied=raft.last_applied,
+            record_count=self._state.record_count,
+            tombstone_count=self._state.tombstone_count,
+        )
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            if not self._conn_slots.acquire(blocking=False):
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="api-conn", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(self._config.idle_timeout)
+            while not self._stopping.is_set():
+                frame = recv_frame(conn)
+                if frame is None:
+                    return
+                kind, body = frame
+                if kind == KIND_VAULT:
+                    send_frame(conn, KIND_VAULT, self._service.handle(body))
+                elif body:
+                    raise DecodeError("node info request carries a body")
+                else:
+                    send_frame(conn, KIND_NODE_INFO, self.node_info().to_bytes())
+        except (DecodeError, OSError):
+            return  # protocol violation, idle timeout or peer gone: close
+        finally:
+            conn.close()
+            self._conn_slots.release()
+
+    def stop(self) -> None:
+        """Stop serving and release everything. Idempotent."""
+        self._stopping.set()
+        server = getattr(self, "_server", None)
+        if server is not None:
+            with contextlib.suppress(OSError):
+                server.close()
+        if self._raft is not None:
+            self._raft.destroy()
+            self._raft = None
+        if self._custody is not None:
+            self._custody.close()
+            self._custody = None
+        self._nvram.close()
+
+
+def _setup_logging(host_dir: Path) -> None:
+    handler = logging.FileHandler(host_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _run(node_dir: Path, config: NodeProcessConfig) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node = NodeProcess(node_dir, config)
+    ready = node.me.host_dir / READY_FILE
+    try:
+        node.start()
+        _write_private(
+            ready,
+            json.dumps(
+                {"pid": os.getpid(), "node_id": node.me.node_id, "api_port": node.me.api_port}
+            ).encode(),
+        )
+        _log.info(
+            "node-%d %s… serving api on %s:%d (region %s)",
+            node.me.index,
+            node.me.node_id[:12],
+            node.me.host,
+            node.me.api_port,
+            node.me.region,
+        )
+        print(f"READY {node.me.node_id}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        _log.info("node-%d stopping (signal)", node.me.index)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        node.stop()
+    return 0
+
+
+def main(
+    argv: list[str] | None = None, *, config_factory: Callable[[], NodeProcessConfig] | None = None
+) -> int:
+    """Entry point; returns the exit status (0 clean stop, 2 refused to start)."""
+    parser = argparse.ArgumentParser(prog="python -m hsmvault.hsm.node_process")
+    parser.add_argument("--node-dir", required=True, type=Path)
+    parser.add_argument("--provision", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--debug-log",
+        action="append",
+        default=[],
+        metavar="LOGGER",
+        help="log this logger at DEBUG (e.g. hsmvault.fleet.transport); repeatable",
+    )
+    args = parser.parse_args(argv)
+    node_dir: Path = args.node_dir.resolve()
+    host_dir = node_dir / "host"
+    if not host_dir.is_dir():
+        print("error: node directory has no host/ directory", file=sys.stderr)
+        return 2
+    _setup_logging(host_dir)
+    for name in args.debug_log:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        if args.provision:
+            return _provision(node_dir)
+        config = config_factory() if config_factory is not None else NodeProcessConfig()
+        return _run(node_dir, config)
+    except (VaultError, OSError, KeyError, ValueError) as exc:
+        # VaultError messages carry no secrets by contract; others are named by type.
+        detail = str(exc) if isinstance(exc, VaultError) else type(exc).__name__
+        _log.error("node refused to start: %s: %s", type(exc).__name__, detail)
+        print(f"error: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The host↔node API channel: frames and NodeInfo parse strictly."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hsmvault.errors import DecodeError, InvalidParameter
+from hsmvault.fleet.node_api import (
+    KIND_NODE_INFO,
+    KIND_VAULT,
+    MAX_FRAME_LEN,
+    NodeInfo,
+    encode_frame,
+    recv_frame,
+)
+
+INFO = NodeInfo(bytes(range(32)), "eu-west", True, True, 7, 42, 41, 3, 1)
+
+
+def _read(raw: bytes) -> tuple[int, bytes] | None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(raw)
+        a.shutdown(socket.SHUT_WR)
+        b.settimeout(2)
+        return recv_frame(b)
+
+
+def test_frames_round_trip() -> None:
+    assert _read(encode_frame(KIND_VAULT, b"request")) == (KIND_VAULT, b"request")
+    assert _read(encode_frame(KIND_NODE_INFO, b"")) == (KIND_NODE_INFO, b"")
+    assert _read(b"") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        struct.pack(">I", 0),
+        struct.pack(">I", MAX_FRAME_LEN + 1) + b"\x01",
+        struct.pack(">IB", 1, 0x7F),
+        struct.pack(">IB", 5, KIND_VAULT) + b"ab",  # truncated body
+        b"\x00\x00",  # truncated length
+    ],
+)
+def test_bad_frames_are_decode_errors(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        _read(raw)
+
+
+def test_encode_frame_refuses_what_a_reader_would_refuse() -> None:
+    with pytest.raises(InvalidParameter):
+        encode_frame(0x7F, b"")
+    with pytest.raises(InvalidParameter):
+        encode_frame(KIND_VAULT, bytes(MAX_FRAME_LEN))
+
+
+def test_node_info_round_trips_and_rejects_trailing_bytes() -> None:
+    assert NodeInfo.from_bytes(INFO.to_bytes()) == INFO
+    with pytest.raises(DecodeError):
+        NodeInfo.from_bytes(INFO.to_bytes() + b"\x00")
+    with pytest.raises(DecodeError):
+        NodeInfo.from_bytes(b"\x02" + INFO.to_bytes()[1:])
+
+
+@given(st.binary(max_size=200))
+def test_node_info_parser_raises_only_decode_error(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        NodeInfo.from_bytes(data)

@@ -1,6 +1,7 @@
 # hsmvault — every set-up step a fresh machine needs lives here.
 #   make test   lint, type-check, import contracts and the whole test suite
 #   make demo   set up and run the product's main job on its embedded defaults
+#   make up     set up and run a local deployment (hsmvault up; Ctrl-C stops it)
 #   make bench  the benchmarks (not part of the tests)
 
 PYTHON ?= python3
@@ -8,9 +9,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests need (installed with apt-get when absent).
-DEB_PACKAGES := libsodium23 softhsm2
+DEB_PACKAGES := libsodium23 softhsm2 postgresql
 
-.PHONY: test lint typecheck contracts pytest demo bench deps venv clean
+.PHONY: test lint typecheck contracts pytest demo up bench deps venv clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -47,8 +48,12 @@ pytest: venv
 
 test: lint typecheck contracts pytest
 
+# The guided walk on a temporary deployment (5 node processes, witness stub, gateway).
 demo: venv
-	$(VENV)/bin/hsmvault demo
+	$(VENV)/bin/hsmvault demo $(DEMO_ARGS)
+
+up: venv
+	$(VENV)/bin/hsmvault up $(UP_ARGS)
 
 bench: venv
 	$(PY) -m bench.run_all

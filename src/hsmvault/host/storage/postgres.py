@@ -1,0 +1,308 @@
+"""A :class:`~hsmvault.host.storage.base.MetadataStore` on PostgreSQL (psycopg 3).
+
+Same schema and semantics as :mod:`.sqlite`:
+
+* ``schema_version`` table and :data:`MIGRATIONS`, applied at open under a
+  transaction-scoped advisory lock (several gateways may start at once); a database
+  newer than this code is refused.
+* A small bounded connection pool (autocommit connections; every write is an explicit
+  transaction). Writes that touch one backup take a transaction-scoped advisory lock on
+  ``(user_id, backup_id)``, so concurrent commits of the same backup serialize and each
+  replaced blob key is returned to exactly one caller.
+* ``commit_upload`` deletes the upload row and upserts the backup row in one transaction.
+
+``dsn`` is a libpq connection string or URI (``host=127.0.0.1 port=5432 dbname=vault``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from hsmvault.errors import InvalidParameter, ProtocolStateError, Unavailable
+from hsmvault.host.storage.base import BackupMeta, UploadMeta
+from hsmvault.host.storage.validation import (
+    check_backup_id,
+    check_upload_fields,
+    check_user_id,
+)
+
+__all__ = ["MIGRATIONS", "PostgresMetadataStore"]
+
+#: Each migration is a tuple of statements; migration ``i`` brings the schema to ``i+1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE uploads (
+            user_id    BYTEA            NOT NULL,
+            backup_id  TEXT             NOT NULL,
+            upload_id  TEXT             NOT NULL,
+            blob_key   TEXT             NOT NULL,
+            size       BIGINT           NOT NULL CHECK (size >= 0),
+            sha256     TEXT             NOT NULL,
+            label      TEXT             NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (user_id, backup_id, upload_id),
+            UNIQUE (user_id, backup_id, size, sha256)
+        )""",
+        """CREATE TABLE backups (
+            user_id    BYTEA            NOT NULL,
+            backup_id  TEXT             NOT NULL,
+            blob_key   TEXT             NOT NULL,
+            size       BIGINT           NOT NULL CHECK (size >= 0),
+            sha256     TEXT             NOT NULL,
+            label      TEXT             NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (user_id, backup_id)
+        )""",
+    ),
+)
+
+# An arbitrary constant: the advisory lock that serializes migrations.
+_MIGRATION_LOCK = 0x68736D7661756C74  # "hsmvault"
+
+_Conn = psycopg.Connection[tuple[Any, ...]]
+_Row = tuple[Any, ...]
+
+
+def _upload(row: _Row) -> UploadMeta:
+    user_id, backup_id, upload_id, blob_key, size, sha256, label, created_at = row
+    return UploadMeta(
+        bytes(user_id), backup_id, upload_id, blob_key, int(size), sha256, label, created_at
+    )
+
+
+def _backup(row: _Row) -> BackupMeta:
+    user_id, backup_id, blob_key, size, sha256, label, created_at = row
+    return BackupMeta(bytes(user_id), backup_id, blob_key, int(size), sha256, label, created_at)
+
+
+class _Pool:
+    """At most ``max_size`` autocommit connections; idle ones are reused (LIFO)."""
+
+    def __init__(self, dsn: str, max_size: int, timeout: float) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_size)
+        self._idle: queue.LifoQueue[_Conn] = queue.LifoQueue()
+        self._closed = False
+
+    def _connect(self) -> _Conn:
+        try:
+            return psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+        except psycopg.OperationalError:
+            raise Unavailable("metadata database unreachable") from None
+
+    @contextmanager
+    def connection(self) -> Iterator[_Conn]:
+        if self._closed:
+            raise ProtocolStateError("metadata store is closed")
+        if not self._slots.acquire(timeout=self._timeout):
+            raise Unavailable("no free metadata database connection")
+        conn: _Conn | None = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            try:
+                yield conn
+            except psycopg.OperationalError:
+                # The server went away mid-call (the connection is dropped below).
+                raise Unavailable("metadata database unavailable") from None
+        finally:
+            if conn is not None:
+                healthy = (
+                    not self._closed
+                    and not conn.closed
+                    and conn.info.transaction_status == pq.TransactionStatus.IDLE
+                )
+                if healthy:
+                    self._idle.put(conn)
+                else:
+                    conn.close()
+            self._slots.release()
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class PostgresMetadataStore:
+    """Metadata in the PostgreSQL database named by ``dsn``."""
+
+    def __init__(self, dsn: str, *, max_connections: int = 8, timeout: float = 30.0) -> None:
+        if max_connections < 1:
+            raise InvalidParameter("max_connections must be at least 1")
+        self._pool = _Pool(dsn, max_connections, timeout)
+        self._migrate()
+
+    @contextmanager
+    def _transaction(self, lock: tuple[bytes, str] | None = None) -> Iterator[_Conn]:
+        """One transaction; with ``lock``, first take the advisory lock of that
+        ``(user_id, backup_id)`` (held until commit or rollback)."""
+        with self._pool.connection() as conn, conn.transaction():
+            if lock is not None:
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (lock[0].hex() + "/" + lock[1],),
+                )
+            yield conn
+
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > len(MIGRATIONS):
+                raise ProtocolStateError(
+                    f"metadata schema version {version} is newer than this code ({len(MIGRATIONS)})"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement.encode())
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))
+            else:
+                conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+
+    def schema_version(self) -> int:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    # -- MetadataStore ---------------------------------------------------------------
+
+    def create_upload(self, upload: UploadMeta) -> UploadMeta:
+        check_user_id(upload.user_id)
+        check_backup_id(upload.backup_id)
+        check_upload_fields(
+            upload.upload_id, upload.blob_key, upload.size, upload.sha256, upload.label
+        )
+        try:
+            with self._transaction((upload.user_id, upload.backup_id)) as conn:
+                row = conn.execute(
+                    "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, "
+                    "created_at FROM uploads "
+                    "WHERE user_id = %s AND backup_id = %s AND size = %s AND sha256 = %s",
+                    (upload.user_id, upload.backup_id, upload.size, upload.sha256),
+                ).fetchone()
+                if row is not None:
+                    return _upload(row)
+                conn.execute(
+                    "INSERT INTO uploads (user_id, backup_id, upload_id, blob_key, size, "
+                    "sha256, label, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        upload.user_id,
+                        upload.backup_id,
+                        upload.upload_id,
+                        upload.blob_key,
+                        upload.size,
+                        upload.sha256,
+                        upload.label,
+                        upload.created_at,
+                    ),
+                )
+        except psycopg.errors.UniqueViolation:
+            raise InvalidParameter("upload_id already used for another upload") from None
+        return upload
+
+    def get_upload(self, user_id: bytes, backup_id: str, upload_id: str) -> UploadMeta | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, "
+                "created_at FROM uploads "
+                "WHERE user_id = %s AND backup_id = %s AND upload_id = %s",
+                (user_id, backup_id, upload_id),
+            ).fetchone()
+        return None if row is None else _upload(row)
+
+    def commit_upload(self, upload: UploadMeta, committed_at: float) -> str | None:
+        """Atomically make ``upload`` the backup's current version; return the replaced
+        version's blob key (``None`` if there was none, or on a repeated commit).
+        Raises :class:`KeyError` if the upload does not exist."""
+        with self._transaction((upload.user_id, upload.backup_id)) as conn:
+            row = conn.execute(
+                "DELETE FROM uploads WHERE user_id = %s AND backup_id = %s AND upload_id = %s "
+                "RETURNING user_id, backup_id, upload_id, blob_key, size, sha256, label, "
+                "created_at",
+                (upload.user_id, upload.backup_id, upload.upload_id),
+            ).fetchone()
+            current = conn.execute(
+                "SELECT blob_key FROM backups WHERE user_id = %s AND backup_id = %s",
+                (upload.user_id, upload.backup_id),
+            ).fetchone()
+            if row is None:
+                if current is not None and current[0] == upload.blob_key:
+                    return None  # already committed (a retried commit)
+                raise KeyError(upload.upload_id)
+            stored = _upload(row)
+            if (stored.blob_key, stored.size, stored.sha256) != (
+                upload.blob_key,
+                upload.size,
+                upload.sha256,
+            ):
+                # Raising inside the transaction rolls the DELETE back.
+                raise InvalidParameter("upload does not match the stored upload")
+            conn.execute(
+                "INSERT INTO backups (user_id, backup_id, blob_key, size, sha256, label, "
+                "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (user_id, backup_id) DO UPDATE SET blob_key = EXCLUDED.blob_key, "
+                "size = EXCLUDED.size, sha256 = EXCLUDED.sha256, label = EXCLUDED.label, "
+                "created_at = EXCLUDED.created_at",
+                (
+                    stored.user_id,
+                    stored.backup_id,
+                    stored.blob_key,
+                    stored.size,
+                    stored.sha256,
+                    stored.label,
+                    committed_at,
+                ),
+            )
+        if current is None or current[0] == stored.blob_key:
+            return None
+        return str(current[0])
+
+    def get_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT user_id, backup_id, blob_key, size, sha256, label, created_at "
+                "FROM backups WHERE user_id = %s AND backup_id = %s",
+                (user_id, backup_id),
+            ).fetchone()
+        return None if row is None else _backup(row)
+
+    def list_backups(self, user_id: bytes) -> list[BackupMeta]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT user_id, backup_id, blob_key, size, sha256, label, created_at "
+                'FROM backups WHERE user_id = %s ORDER BY backup_id COLLATE "C"',
+                (user_id,),
+            ).fetchall()
+        return [_backup(r) for r in rows]
+
+    def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
+        with self._transaction((user_id, backup_id)) as conn:
+            row = conn.execute(
+                "DELETE FROM backups WHERE user_id = %s AND backup_id = %s "
+                "RETURNING user_id, backup_id, blob_key, size, sha256, label, created_at",
+                (user_id, backup_id),
+            ).fetchone()
+        return None if row is None else _backup(row)
+
+    def close(self) -> None:
+        self._pool.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ["bench.bench_opaque", "bench.bench_backup"]
+BENCHMARKS = ["bench.bench_opaque", "bench.bench_backup", "bench.bench_fleet"]
 
 
 def main() -> int:

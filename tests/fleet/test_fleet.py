@@ -206,3 +206,22 @@ def test_outsider_with_a_well_formed_handshake_is_refused(make_fleet: MakeFleet)
         sock.sendall(msg1)
         # Refused before the node signs anything: no msg2 comes back.
         assert _read_until_closed(sock, timeout=2.0) == b""
+
+
+def test_term_commit_index_and_read_barrier(make_fleet: MakeFleet) -> None:
+    fleet = make_fleet(3)
+    _start_all(fleet)
+    leader = fleet.leader()
+    follower = next(n for n in fleet.running() if n is not leader)
+    follower.submit(b"one", timeout=5.0)
+    assert leader.term >= 1
+    assert leader.commit_index >= leader.last_applied >= 1
+    before = follower.last_applied
+    follower.sync(timeout=5.0)  # a committed no-op, applied here before it returns
+    assert follower.last_applied > before
+    assert follower.commit_index >= follower.last_applied
+    assert follower.term == leader.term
+    assert follower.highest_incarnation(leader.node_id) == 0
+    assert follower.highest_incarnation("00" * 32) is None
+    with pytest.raises(InvalidParameter):
+        follower.sync(timeout=0)

@@ -92,3 +92,13 @@ def test_uploads_sealed_to_the_public_enc_key_open_with_enc_private(
     other = FleetSecretKeys.generate().enc_private()
     with pytest.raises(VerificationError):
         open_from_client(other, box, purpose=purpose, context=b"a")
+
+
+def test_snapshot_key_is_a_separate_deterministic_fleet_key() -> None:
+    keys = FleetSecretKeys.generate()
+    key = keys.snapshot_key()
+    assert len(key) == 32
+    assert key == FleetSecretKeys.from_bytes(keys.to_bytes()).snapshot_key()  # every member
+    assert key not in keys.to_bytes()
+    assert key != FleetSecretKeys.generate(keys.fleet_id).snapshot_key()
+    assert key != FleetSecretKeys.generate().snapshot_key()

@@ -20,7 +20,7 @@ from hsmvault.fleet.node_api import (
     recv_frame,
 )
 
-INFO = NodeInfo(bytes(range(32)), "eu-west", True, True, 7, 42, 41, 3, 1)
+INFO = NodeInfo(bytes(range(32)), "eu-west", True, True, 7, 42, 41, 3, 1, incarnation=2)
 
 
 def _read(raw: bytes) -> tuple[int, bytes] | None:
@@ -65,7 +65,13 @@ def test_node_info_round_trips_and_rejects_trailing_bytes() -> None:
     with pytest.raises(DecodeError):
         NodeInfo.from_bytes(INFO.to_bytes() + b"\x00")
     with pytest.raises(DecodeError):
-        NodeInfo.from_bytes(b"\x02" + INFO.to_bytes()[1:])
+        NodeInfo.from_bytes(b"\x03" + INFO.to_bytes()[1:])
+    with pytest.raises(DecodeError):  # version 1 (no incarnation) is no longer accepted
+        NodeInfo.from_bytes(b"\x01" + INFO.to_bytes()[1:-9])
+    with pytest.raises(DecodeError):
+        NodeInfo.from_bytes(INFO.to_bytes()[:-1] + b"\x02")  # joining is a strict bool
+    joining = NodeInfo(bytes(32), "r", False, False, 0, 0, 0, 0, 0, incarnation=9, joining=True)
+    assert NodeInfo.from_bytes(joining.to_bytes()) == joining
 
 
 @given(st.binary(max_size=200))

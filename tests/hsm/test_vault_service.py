@@ -781,3 +781,22 @@ def test_nothing_secret_in_repr_or_logs(
         assert "sealed_wrapped_key=b" not in text
     with pytest.raises(TypeError):
         pickle.dumps(node.service)
+
+
+def test_rejoin_request_is_delegated_to_the_node_process_handler() -> None:
+    ticket = api.RejoinRequest(bytes(32), bytes(32), 2, bytes(64))
+    harness = Harness()
+    refused = harness.call(ticket)  # no handler: not a door this service opens
+    assert refused == api.RejoinResponse.refused(api.Outcome.BAD_REQUEST)
+    seen: list[api.RejoinRequest] = []
+    for outcome in (api.Outcome.OK, api.Outcome.INVALID_LOGIN, api.Outcome.UNAVAILABLE):
+
+        def handler(request: api.RejoinRequest, answer: api.Outcome = outcome) -> api.Outcome:
+            seen.append(request)
+            return answer
+
+        service = VaultService(SERVER, harness.fleet, upload_key=FLEET_KEY, rejoin=handler)
+        response = api.decode_response(service.handle(ticket.to_bytes()))
+        assert isinstance(response, api.RejoinResponse)
+        assert response.outcome is outcome
+    assert seen == [ticket] * 3

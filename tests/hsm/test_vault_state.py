@@ -404,3 +404,23 @@ class VaultStateMachine(RuleBasedStateMachine):
 
 VaultStateMachine.TestCase.settings = settings(stateful_step_count=40)
 TestVaultStateMachine = VaultStateMachine.TestCase
+
+
+def test_restore_replaces_the_state_in_place_and_refuses_garbage() -> None:
+    source = vs.VaultState()
+    _apply(source, _register(USERS[0]))
+    _apply(source, _register(USERS[1], material=1))
+    _apply(source, vs.BeginAttempt(USERS[0]))
+    snapshot = source.snapshot()
+    target = vs.VaultState()
+    _apply(target, _register(USERS[2], material=2))
+    apply = target.apply  # the Raft callback stays bound to the same object
+    target.restore(snapshot)
+    assert target == source
+    assert target.record(USERS[2]) is None
+    with pytest.raises(DecodeError):
+        target.restore(snapshot + b"\x00")
+    assert target == source  # a refused snapshot changes nothing
+    _apply(source, vs.BeginAttempt(USERS[1]))
+    apply(vs.encode_command(vs.BeginAttempt(USERS[1])))
+    assert target == source

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +76,8 @@ class LocalFleet:
     mesh: ProxyMesh
     client: FleetClient
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    node_args: list[str] = field(default_factory=list)
+    """Extra command-line options of every node process (e.g. snapshot thresholds)."""
 
     @property
     def size(self) -> int:
@@ -95,6 +97,7 @@ class LocalFleet:
                 str(node.node_dir),
                 "--debug-log",
                 "hsmvault.fleet.transport",
+                *self.node_args,
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -159,12 +162,34 @@ class LocalFleet:
 
         wait_until(same, timeout, "all running nodes to converge")
 
+    def wait_member(self, i: int, *, above_incarnation: int = 0, timeout: float = 25.0) -> NodeInfo:
+        """Wait until node ``i`` is a member (not joining) under an incarnation higher
+        than ``above_incarnation``; returns its status."""
+        found: list[NodeInfo] = []
+
+        def admitted() -> bool:
+            info = self.info(i)
+            if info is None or info.joining or info.incarnation <= above_incarnation:
+                return False
+            found[:] = [info]
+            return True
+
+        wait_until(
+            admitted, timeout, f"node {i} to be a member above incarnation {above_incarnation}"
+        )
+        return found[0]
+
 
 def start_local_fleet(
-    base_dir: Path, nodes: int = 5, custody: str = "software", mesh_seed: int = 1
+    base_dir: Path,
+    nodes: int = 5,
+    custody: str = "software",
+    mesh_seed: int = 1,
+    node_args: Sequence[str] = (),
 ) -> LocalFleet:
     """Form, wire through proxies, and start a fleet (caller must :meth:`stop_all`).
-    ``mesh_seed`` seeds the proxies' fault dice (duplicate/reorder)."""
+    ``mesh_seed`` seeds the proxies' fault dice (duplicate/reorder); ``node_args`` are
+    extra options of every node process (``python -m hsmvault.hsm.node_process``)."""
     assert custody in ("software", "softhsm")
     layout = form_fleet(
         base_dir, nodes=nodes, custody="softhsm" if custody == "softhsm" else "software"
@@ -184,7 +209,7 @@ def start_local_fleet(
         FleetClientConfig(connect_timeout=0.5, request_timeout=10.0),
         public_keys=layout.public_keys,
     )
-    fleet = LocalFleet(layout, mesh, client)
+    fleet = LocalFleet(layout, mesh, client, node_args=list(node_args))
     try:
         fleet.start_many(list(range(nodes)))
         fleet.leader(timeout=START_TIMEOUT)

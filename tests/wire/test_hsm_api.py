@@ -40,6 +40,13 @@ requests: st.SearchStrategy[api.Request] = st.one_of(
     st.builds(api.ChangeSecretRequest, session_ids, nonces, sealed_uploads, tags),
     st.builds(api.DeleteRequest, session_ids, tags),
     st.just(api.StatusRequest()),
+    st.builds(
+        api.RejoinRequest,
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=32, max_size=32),
+        st.integers(1, 2**64 - 1),
+        st.binary(min_size=api.SIGNATURE_LEN, max_size=api.SIGNATURE_LEN),
+    ),
 )
 
 _ok = st.just(api.Outcome.OK)
@@ -56,6 +63,7 @@ _ok_responses: st.SearchStrategy[api.Response] = st.one_of(
     st.builds(api.ChangeSecretResponse, _ok),
     st.builds(api.DeleteResponse, _ok),
     st.builds(api.StatusResponse, _ok, counts, counts, counts),
+    st.builds(api.RejoinResponse, _ok),
 )
 _RESPONSE_TYPES: list[type[api.Response]] = [
     api.RegistrationStartResponse,
@@ -66,6 +74,7 @@ _RESPONSE_TYPES: list[type[api.Response]] = [
     api.ChangeSecretResponse,
     api.DeleteResponse,
     api.StatusResponse,
+    api.RejoinResponse,
     api.ErrorResponse,
 ]
 _refused_responses: st.SearchStrategy[api.Response] = st.builds(
@@ -109,13 +118,41 @@ def test_every_response_round_trips(response: api.Response) -> None:
 
 def test_every_request_type_has_one_response_type() -> None:
     assert set(_RESPONSE_TYPES) == {*api.RESPONSE_FOR.values(), api.ErrorResponse}
-    assert len(api.RESPONSE_FOR) == 8
-    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 8
-    assert len(set(api.RESPONSE_FOR.values())) == 8
+    assert len(api.RESPONSE_FOR) == 9
+    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 9
+    assert len(set(api.RESPONSE_FOR.values())) == 9
     assert isinstance(api.refusal_for(None, api.Outcome.BAD_REQUEST), api.ErrorResponse)
     refused = api.refusal_for(api.StatusRequest(), api.Outcome.UNAVAILABLE)
     assert isinstance(refused, api.StatusResponse)
     assert refused.outcome is api.Outcome.UNAVAILABLE
+
+
+def test_rejoin_request_encoding_is_strict_and_golden() -> None:
+    fleet_id, node_id, signature = b"\x11" * 32, b"\x22" * 32, b"\x33" * 64
+    request = api.RejoinRequest(fleet_id, node_id, 7, signature)
+    data = request.to_bytes()
+    assert data.hex() == "0209" + "11" * 32 + "22" * 32 + "0000000000000007" + "33" * 64
+    assert api.RejoinResponse(api.Outcome.OK).to_bytes() == b"\x02\x89\x00"
+    assert api.RejoinResponse.refused(api.Outcome.INVALID_LOGIN).to_bytes() == b"\x02\x89\x01"
+    assert request.ticket_bytes() == (
+        api.REJOIN_TICKET_LABEL + fleet_id + node_id + (7).to_bytes(8, "big")
+    )
+    assert api.rejoin_ticket_bytes(fleet_id, node_id, 7) == request.ticket_bytes()
+    # incarnation 0 is never a rejoin (formation is 1); short ids or signatures do not parse
+    with pytest.raises(DecodeError):
+        api.RejoinRequest(fleet_id, node_id, 0, signature)
+    with pytest.raises(DecodeError):
+        api.decode_request(data[:2] + data[3:])
+    with pytest.raises(DecodeError):
+        api.decode_request(data[:-1])
+    with pytest.raises(DecodeError):
+        api.decode_request(data + b"\x00")
+    with pytest.raises(DecodeError):
+        api.decode_request(data[:66] + bytes(8) + data[74:])  # incarnation 0 on the wire
+    with pytest.raises(DecodeError):
+        api.RejoinRequest(fleet_id, node_id[:31], 7, signature)
+    with pytest.raises(InvalidParameter):
+        api.rejoin_ticket_bytes(fleet_id, node_id, 2**64)
 
 
 def test_golden_encodings_do_not_drift() -> None:

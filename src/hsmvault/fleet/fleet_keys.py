@@ -44,7 +44,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hsmvault.crypto.opaque.config import OpaqueConfig
 from hsmvault.crypto.opaque.fake import create_fake_record
@@ -61,6 +63,8 @@ __all__ = [
     "SECRET_KEYS_LEN",
     "SECRET_KEYS_MAGIC",
     "SECRET_KEYS_VERSION",
+    "SNAPSHOT_KEY_INFO",
+    "SNAPSHOT_KEY_LEN",
     "FleetPublicKeys",
     "FleetSecretKeys",
     "Sealer",
@@ -79,6 +83,10 @@ SECRET_KEYS_LEN: Final = (
 SEAL_PURPOSE: Final = b"hsmvault/fleet-keys/v1"
 #: Version of the public-keys JSON document.
 PUBLIC_KEYS_VERSION: Final = 1
+
+#: HKDF ``info`` label of the fleet snapshot key (:meth:`FleetSecretKeys.snapshot_key`).
+SNAPSHOT_KEY_INFO: Final = b"hsmvault/fleet/raft-snapshot-key/v1"
+SNAPSHOT_KEY_LEN: Final = 32
 
 _BOX_INFO: Final = b"hsmvault/fleet-box/v1"
 _TAG_LEN: Final = 16
@@ -240,6 +248,21 @@ class FleetSecretKeys:
             config=config,
             fake_record=RegistrationRecord.from_bytes(self.fake_record),
         )
+
+    def snapshot_key(self) -> bytes:
+        """The fleet snapshot key (32 secret bytes, identical on every member): the AEAD
+        key of sealed Raft snapshots (``fleet.snapshots.SnapshotConfig.key``).
+
+        HKDF-SHA256 (RFC 5869) with the whole secret-key encoding as input keying
+        material, the fleet id as salt and :data:`SNAPSHOT_KEY_INFO` as info: a key of
+        its own, independent of the OPAQUE, OPRF and ``enc`` keys it is derived from."""
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(),
+            length=SNAPSHOT_KEY_LEN,
+            salt=self.fleet_id,
+            info=SNAPSHOT_KEY_INFO,
+        )
+        return hkdf.derive(self.to_bytes())
 
     def to_bytes(self) -> bytes:
         """The version-1 encoding (secret: seal it before it leaves the node)."""

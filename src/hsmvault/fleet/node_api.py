@@ -48,7 +48,7 @@ _KINDS: Final = frozenset({KIND_VAULT, KIND_NODE_INFO})
 #: Largest frame (kind byte + body). Wire requests are a few KiB at most.
 MAX_FRAME_LEN: Final = 64 * 1024
 _LEN: Final = struct.Struct(">I")
-NODE_INFO_VERSION: Final = 1
+NODE_INFO_VERSION: Final = 2
 _MAX_REGION_LEN: Final = 64
 _U64: Final = (1 << 64) - 1
 
@@ -101,14 +101,16 @@ def recv_frame(sock: socket.socket) -> tuple[int, bytes] | None:
 class NodeInfo:
     """Public, coarse facts about one node (no secrets), for harnesses and operators.
 
-    Encoding (version 1)::
+    Encoding (version 2)::
 
         version u8 | node_id (32) | region (u8 length, 1..64 ASCII) | is_leader bool
         | has_quorum bool | term u64 | commit_index u64 | last_applied u64
-        | record_count u32 | tombstone_count u32
+        | record_count u32 | tombstone_count u32 | incarnation u64 | joining bool
 
     ``node_id`` is the fleet node id (the membership's, :func:`fleet.membership.node_id_for`).
-    Raft figures are this node's own view and may be stale.
+    Raft figures are this node's own view and may be stale. ``incarnation`` is the NVRAM
+    epoch the node runs under; ``joining`` is True while a new incarnation waits to be
+    readmitted (it then serves no vault request).
     """
 
     node_id: bytes
@@ -120,6 +122,8 @@ class NodeInfo:
     last_applied: int
     record_count: int
     tombstone_count: int
+    incarnation: int = 0
+    joining: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, bytes) or len(self.node_id) != 32:
@@ -132,9 +136,12 @@ class NodeInfo:
             (self.last_applied, _U64),
             (self.record_count, 0xFFFF_FFFF),
             (self.tombstone_count, 0xFFFF_FFFF),
+            (self.incarnation, _U64),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
                 raise DecodeError("node info: counter out of range")
+        if not isinstance(self.joining, bool):
+            raise DecodeError("node info: joining must be a bool")
 
     def to_bytes(self) -> bytes:
         w = Writer().u8(NODE_INFO_VERSION).fixed(self.node_id, 32)
@@ -142,6 +149,7 @@ class NodeInfo:
         w.boolean(self.is_leader).boolean(self.has_quorum)
         w.u64(self.term).u64(self.commit_index).u64(self.last_applied)
         w.u32(self.record_count).u32(self.tombstone_count)
+        w.u64(self.incarnation).boolean(self.joining)
         return w.getvalue()
 
     @classmethod
@@ -166,6 +174,8 @@ class NodeInfo:
             last_applied=r.u64(),
             record_count=r.u32(),
             tombstone_count=r.u32(),
+            incarnation=r.u64(),
+            joining=r.boolean(),
         )
         r.finish()
         return info

@@ -52,10 +52,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from pysyncobj import SyncObj, SyncObjConf, replicated  # type: ignore[import-untyped]
@@ -72,7 +74,7 @@ from hsmvault.fleet.membership import (
     IdentitySigner,
     node_id_for,
 )
-from hsmvault.fleet.snapshots import SnapshotConfig, SnapshotManager
+from hsmvault.fleet.snapshots import SNAPSHOT_FILE, SnapshotConfig, SnapshotManager
 from hsmvault.fleet.transport import FleetTransport, TransportConfig, fleet_transport_factory
 
 __all__ = ["FleetTimings", "RaftNode", "StateMachine"]
@@ -236,6 +238,8 @@ class RaftNode:
             )
         manager: SnapshotManager | None = None
         if snapshots is not None and journal is not None:
+            if journal.fresh:
+                _retire_snapshot(journal.directory, incarnation)
             manager = SnapshotManager(
                 snapshots,
                 journal.directory,
@@ -329,9 +333,51 @@ class RaftNode:
         return value
 
     @property
+    def term(self) -> int:
+        """This node's current Raft term (its own view; may be stale)."""
+        value = self._obj.raftCurrentTerm
+        assert isinstance(value, int)
+        return value
+
+    @property
+    def commit_index(self) -> int:
+        """The highest log index this node knows to be committed (its own view)."""
+        value = self._obj.raftCommitIndex
+        assert isinstance(value, int)
+        return value
+
+    @property
     def incarnation(self) -> int:
         """This node's incarnation (the NVRAM epoch it runs under)."""
         return self._incarnation
+
+    def highest_incarnation(self, node_id: str) -> int | None:
+        """The highest incarnation of ``node_id`` this node has seen (formation, log or
+        snapshot), or None for an identity the fleet does not know."""
+        return self._transport.highest_incarnation(node_id)
+
+    def sync(self, timeout: float) -> None:
+        """Read barrier: commit a no-op entry through the leader and return once it is
+        applied here, so :meth:`members` and the state machine reflect every entry
+        committed before the call. Raises :class:`Unavailable` (not confirmed within
+        ``timeout``, joining, stopped) or :class:`InvalidParameter` (bad timeout)."""
+        if not timeout > 0:
+            raise InvalidParameter("timeout must be positive")
+        if self._stopped or self.failed:
+            raise Unavailable("fleet node is stopped")
+        if self._transport.joining:
+            raise Unavailable("fleet node is joining the fleet (not yet added as a member)")
+        deadline = time.monotonic() + timeout
+        while True:
+            error, _ = self._wait_callback(
+                lambda cb: self._obj.setCodeVersion(0, callback=cb), deadline - time.monotonic()
+            )
+            if error == FAIL_REASON.SUCCESS:
+                return
+            reason = _FAIL_NAMES.get(error, "UNKNOWN")
+            if error not in _RETRYABLE or time.monotonic() + self._retry_pause >= deadline:
+                raise Unavailable(f"barrier not committed: {reason}")
+            time.sleep(self._retry_pause)
 
     @property
     def joining(self) -> bool:
@@ -527,6 +573,16 @@ class RaftNode:
             return
         self._stopped = True
         self._obj.destroy_synchronous()
+
+
+def _retire_snapshot(directory: Path, incarnation: int) -> None:
+    """A new incarnation starts empty and catches up from the leader: a snapshot file left
+    in ``directory`` (an earlier incarnation's, or a copy the host put back) is renamed
+    away rather than adopted as "newer than the (empty) journal"."""
+    path = Path(directory) / SNAPSHOT_FILE
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.retired-{incarnation}"))
+        logger.warning("retired the snapshot of an earlier incarnation")
 
 
 def _fail_stop(sync_obj: Any, transport: FleetTransport) -> None:

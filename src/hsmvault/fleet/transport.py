@@ -42,10 +42,13 @@ appended, as in Raft), and exactly our own incarnation. So a node that lost its 
 restarted as a new incarnation can never speak for its old self:
 the fleet must first remove the old incarnation and add the new one through the log
 (:class:`~hsmvault.fleet.codec.MemberNode` entries, whose identity key and address this
-transport takes from the log, never from the network). A **joining** node (a new
+transport takes from the log, never from the network; for an identity it was configured
+with, the configured address wins over the logged one, since addresses are untrusted
+anyway and a node may reach a peer through a route of its own). A **joining** node (a new
 incarnation that is not yet a member) accepts whatever incarnation its trusted peers
-announce, but never reports a peer as connected to pysyncobj (so it starts no election)
-and drops vote requests (so it grants no vote) until :meth:`FleetTransport.set_joined`.
+announce (and names a later one it learnt that way in its next hello), but never
+reports a peer as connected to pysyncobj (so it starts no election) and drops vote
+requests (so it grants no vote) until :meth:`FleetTransport.set_joined`.
 """
 
 from __future__ import annotations
@@ -214,6 +217,9 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
         }
         self._view[self._self_id] = (config.membership[self._self_id], self._incarnation)
         self._highest: dict[str, int] = {n: inc for n, (_, inc) in self._view.items()}
+        self._address_book: dict[str, tuple[str, int]] = {
+            node_id: (member.host, member.port) for node_id, member in config.membership.items()
+        }
         self._poller: Any = sync_obj._poller
         self._peers: dict[str, Any] = {}
         self._established: dict[str, _Connection] = {}
@@ -270,7 +276,7 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
         if node.id == self._self_id:
             return
         if type(node) is MemberNode:
-            record = (node.member, node.incarnation)
+            record = (self._local_address(node.member), node.incarnation)
             if self._view.get(node.id) == record:
                 self._peers[node.id] = node
                 return
@@ -290,6 +296,15 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
             logger.warning("refusing to add node %s: not a fleet member", _short(str(node.id)))
             return
         self._peers[node.id] = node
+
+    def _local_address(self, member: FleetMember) -> FleetMember:
+        """``member`` at the address this node was configured to reach it at, if it knows
+        that identity (addresses are untrusted either way; a node's own address book, e.g.
+        a route through a proxy, wins over the one another member wrote into the log)."""
+        local = self._address_book.get(member.node_id)
+        if local is None or local == (member.host, member.port):
+            return member
+        return FleetMember(member.identity_public_key, *local)
 
     def dropNode(self, node: Any) -> None:  # noqa: N802  # pysyncobj's name
         """Stop talking to ``node``, forget its member record and close its connections."""
@@ -580,8 +595,17 @@ class FleetTransport(Transport):  # type: ignore[misc]  # pysyncobj is untyped
         record = self._view.get(conn.peer_id)
         if record is None:
             raise VerificationError("peer is not a current member")
-        if theirs != record[1] and not self._joining:
-            raise VerificationError("peer runs an incarnation the membership does not list")
+        if theirs != record[1]:
+            if not self._joining:
+                raise VerificationError("peer runs an incarnation the membership does not list")
+            if theirs > record[1]:
+                # A joining node has no log to learn a peer's later incarnation from
+                # (the peer itself rejoined since formation): it takes the one the
+                # authenticated peer announces, for the hello of its next link — the
+                # peer refuses this one, which named the old incarnation. The log (or
+                # a snapshot) overrides it; a joiner neither votes nor commits.
+                self._view = {**self._view, conn.peer_id: (record[0], theirs)}
+                logger.debug("joining: peer %s runs incarnation %d", _short(conn.peer_id), theirs)
         conn.hello_ok = True
         node = self._peers.get(conn.peer_id)
         if node is not None and not self._joining:

@@ -15,11 +15,23 @@ start, in order (any failure: exit status 2, one line on stderr and in the log):
    this node's member entry and the fleet's published public keys;
 5. build the vault state machine, the Raft node (:class:`~hsmvault.fleet.raft_node.RaftNode`)
    with its sealed journal in ``host/`` (anchored in ``nvram/``; incarnation = the NVRAM
-   epoch) and :class:`~hsmvault.hsm.vault_service.VaultService` over a
-   :class:`RaftConsensus`. The vault state is rebuilt by replaying the journal. A journal
-   that does not verify (rolled back, forked, tampered) makes the node refuse to start
-   (exit 2): readmitting it as a new incarnation is not automated yet;
-6. serve the API port (:mod:`hsmvault.fleet.node_api` frames) on loopback, write
+   epoch; ``fresh`` = :func:`~hsmvault.fleet.journal.needs_fresh_journal`), sealed
+   snapshots under the fleet snapshot key
+   (:meth:`~hsmvault.fleet.fleet_keys.FleetSecretKeys.snapshot_key`), and
+   :class:`~hsmvault.hsm.vault_service.VaultService` over a :class:`RaftConsensus`. The
+   vault state is rebuilt from the snapshot and the journal;
+6. **rejoin** (ADR 0005, "Rejoin"): if the Raft state is absent, corrupt or rolled back
+   (:class:`~hsmvault.errors.RollbackError` / :class:`~hsmvault.errors.VerificationError`
+   from the journal or snapshot checks), the node does not retry under the same
+   incarnation and does not exit: it logs an operator message, advances the NVRAM epoch
+   (a new incarnation), starts with a fresh journal in joining mode, and sends a signed
+   rejoin ticket (:class:`~hsmvault.wire.hsm_api.RejoinRequest`, custody identity key,
+   purpose :data:`REJOIN_PURPOSE`) to the other members' API ports, with bounded backoff,
+   until the fleet has committed "remove old incarnation, add new one". While joining it
+   answers every vault request ``UNAVAILABLE``. A member receiving a ticket checks it
+   against the identity key pinned at formation and that the incarnation is higher than
+   any it knows for that node, then makes the two membership changes;
+7. serve the API port (:mod:`hsmvault.fleet.node_api` frames) on loopback, write
    ``host/ready.json`` and print ``READY <node id>`` on stdout.
 
 SIGTERM or SIGINT stops it cleanly (server, Raft node, custody, NVRAM; ready file
@@ -42,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -49,15 +62,23 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hsmvault.errors import DecodeError, InvalidParameter, VaultError
+from hsmvault.errors import (
+    DecodeError,
+    InvalidParameter,
+    RollbackError,
+    Unavailable,
+    VaultError,
+    VerificationError,
+)
 from hsmvault.fleet.fleet_keys import FleetSecretKeys, seal_fleet_keys, unseal_fleet_keys
 from hsmvault.fleet.formation import (
     FORMED_INCARNATION,
@@ -68,15 +89,30 @@ from hsmvault.fleet.formation import (
     link_certificate_message,
     read_peer_addresses,
 )
-from hsmvault.fleet.journal import FileAnchorStore, JournalConfig
-from hsmvault.fleet.membership import SoftwareIdentitySigner, node_id_for
+from hsmvault.fleet.journal import FileAnchorStore, JournalConfig, needs_fresh_journal
+from hsmvault.fleet.membership import (
+    FleetMember,
+    FleetMembership,
+    SoftwareIdentitySigner,
+    node_id_for,
+)
 from hsmvault.fleet.node_api import KIND_NODE_INFO, KIND_VAULT, NodeInfo, recv_frame, send_frame
 from hsmvault.fleet.raft_node import FleetTimings, RaftNode
+from hsmvault.fleet.snapshots import SnapshotConfig
 from hsmvault.hsm.custody.base import KeyCustody, bind_identity, verify_signature
 from hsmvault.hsm.custody.software import SoftwareCustody
 from hsmvault.hsm.nvram import DirectoryNvram, NodeIdentity, Nvram, SignatureAlgorithm
 from hsmvault.hsm.vault_service import VaultService, VaultServiceConfig
 from hsmvault.hsm.vault_state import VaultState
+from hsmvault.wire.hsm_api import (
+    ErrorResponse,
+    Outcome,
+    RejoinRequest,
+    RejoinResponse,
+    decode_request,
+    decode_response,
+    refusal_for,
+)
 
 __all__ = [
     "FLEET_KEYS_FILE",
@@ -84,6 +120,7 @@ __all__ = [
     "LINK_KEY_PURPOSE",
     "MAX_CONNECTIONS",
     "READY_FILE",
+    "REJOIN_PURPOSE",
     "NodeProcessConfig",
     "RaftConsensus",
     "main",
@@ -98,6 +135,8 @@ READY_FILE: Final = "ready.json"
 LOG_FILE: Final = "node.log"
 #: Custody sealing purpose of the link private key.
 LINK_KEY_PURPOSE: Final = b"hsmvault/fleet-link-key/v1"
+#: Custody signing purpose of a rejoin ticket (ADR 0005, "Rejoin").
+REJOIN_PURPOSE: Final = b"hsmvault/fleet/rejoin/v1"
 #: Most API connections served at once.
 MAX_CONNECTIONS: Final = 64
 
@@ -109,16 +148,34 @@ class NodeProcessConfig:
     * ``commit_timeout`` — seconds one command may wait for its commit before the door
       answers ``UNAVAILABLE`` (the command may still commit later);
     * ``idle_timeout`` — an API connection with no complete frame for this long is closed;
-    * ``timings`` — Raft timers.
+    * ``timings`` — Raft timers;
+    * ``snapshot_min_entries`` / ``snapshot_min_time`` — log compaction thresholds (a
+      sealed snapshot is written once the log holds more entries, or that many seconds
+      passed since the last one);
+    * ``membership_timeout`` — seconds a member waits for each step of a rejoin
+      (read barrier, removal, addition) before answering ``UNAVAILABLE``;
+    * ``rejoin_backoff`` — (first, longest) wait in seconds between two rejoin tickets
+      of a joining node; the wait doubles after each refusal.
     """
 
     commit_timeout: float = 3.0
     idle_timeout: float = 30.0
     timings: FleetTimings = field(default_factory=FleetTimings)
+    snapshot_min_entries: int = 2000
+    snapshot_min_time: float = 600.0
+    membership_timeout: float = 8.0
+    rejoin_backoff: tuple[float, float] = (0.2, 3.0)
 
     def __post_init__(self) -> None:
         if not (self.commit_timeout > 0 and self.idle_timeout > 0):
             raise InvalidParameter("timeouts must be positive")
+        if self.snapshot_min_entries < 2 or not self.snapshot_min_time > 0:
+            raise InvalidParameter("snapshot thresholds out of range")
+        if not self.membership_timeout > 0:
+            raise InvalidParameter("membership timeout must be positive")
+        first, longest = self.rejoin_backoff
+        if not 0 < first <= longest:
+            raise InvalidParameter("rejoin backoff must be 0 < first <= longest")
 
 
 class StartupError(VaultError):
@@ -310,56 +367,260 @@ class NodeProcess:
                 raise StartupError("sealed fleet keys differ from the published public keys")
             overrides = read_peer_addresses(me.host_dir)
             overrides.pop(me.node_id, None)  # a node binds its own fleet.json address
-            membership = layout.membership(overrides)
+            self._fleet_id = layout.fleet_id
+            self._peers = {n.node_id: n for n in layout.nodes if n.node_id != me.node_id}
+            self._canonical = layout.membership()  # fleet.json addresses, for the log
             self._state = VaultState()
-            incarnation = self._nvram.epoch()
-            anchors = FileAnchorStore(me.nvram_dir)
-            journal = JournalConfig(
-                directory=me.host_dir,
-                sealer=self._custody,
-                anchors=anchors,
-                fresh=anchors.read_anchor() is None,  # first start of this incarnation
-            )
-            self._raft = RaftNode(
-                signer,
-                membership,
-                self._state.apply,
-                config.timings,
-                incarnation=incarnation,
-                incarnations=dict.fromkeys(membership, FORMED_INCARNATION),
-                journal=journal,
-            )
+            self._snapshot_key = keys.snapshot_key()
+            self._raft = self._open_raft(signer, layout.membership(overrides))
+            self._ticket: RejoinRequest | None = None
+            if self._raft.joining:
+                self._ticket = self._sign_ticket(self._raft.incarnation)
             consensus = RaftConsensus(self._raft, self._state, config.commit_timeout)
             self._service = VaultService(
                 keys.opaque_server(),
                 consensus,
                 upload_key=keys.enc_private(),
                 config=VaultServiceConfig(),
+                rejoin=self._handle_rejoin,
             )
             self._server = socket.create_server((me.host, me.api_port), backlog=64)
         except BaseException:
             self.stop()
             raise
+        self._rejoin_lock = threading.Lock()
         self._acceptor = threading.Thread(target=self._accept_loop, name="api-accept", daemon=True)
+        self._rejoiner = threading.Thread(target=self._rejoin_loop, name="rejoin", daemon=True)
+
+    # -- start-up: resume, or start a new incarnation ------------------------------------
+
+    def _open_raft(self, signer: SoftwareIdentitySigner, membership: FleetMembership) -> RaftNode:
+        """Resume this node's Raft state, or, if it cannot be proven (absent, corrupt,
+        rolled back), start a new incarnation that asks the fleet to readmit it."""
+        anchors = FileAnchorStore(self.me.nvram_dir)
+        incarnation = self._nvram.epoch()
+        try:
+            fresh = needs_fresh_journal(anchors, incarnation)
+            return self._raft_node(signer, membership, incarnation, fresh=fresh)
+        except (RollbackError, VerificationError) as exc:
+            anchor = anchors.read_anchor()
+            floor = max(incarnation, anchor.incarnation if anchor is not None else 0)
+            new_incarnation = self._nvram.advance(floor + 1)
+            _operator_error(exc, self.me.index, new_incarnation)
+            self._state = VaultState()
+            return self._raft_node(signer, membership, new_incarnation, fresh=True)
+
+    def _raft_node(
+        self,
+        signer: SoftwareIdentitySigner,
+        membership: FleetMembership,
+        incarnation: int,
+        *,
+        fresh: bool,
+    ) -> RaftNode:
+        assert self._custody is not None
+        journal = JournalConfig(
+            directory=self.me.host_dir,
+            sealer=self._custody,
+            anchors=FileAnchorStore(self.me.nvram_dir),
+            fresh=fresh,
+        )
+        snapshots = SnapshotConfig(
+            key=self._snapshot_key,
+            snapshot=self._state.snapshot,
+            restore=self._state.restore,
+            min_entries=self._config.snapshot_min_entries,
+            min_time=self._config.snapshot_min_time,
+        )
+        return RaftNode(
+            signer,
+            membership,
+            self._state.apply,
+            self._config.timings,
+            incarnation=incarnation,
+            incarnations=dict.fromkeys(membership, FORMED_INCARNATION),
+            journal=journal,
+            # A later incarnation is a member only once the log (or a snapshot) lists it;
+            # RaftNode leaves joining mode at once if its journal already does.
+            joining=incarnation > FORMED_INCARNATION,
+            snapshots=snapshots,
+        )
 
     def start(self) -> None:
         self._acceptor.start()
+        if self._ticket is not None:
+            self._rejoiner.start()
 
     def node_info(self) -> NodeInfo:
         raft = self._raft
         assert raft is not None
-        obj: Any = getattr(raft, "_obj", None)  # term / commit index: pysyncobj internals
         return NodeInfo(
             node_id=bytes.fromhex(self.me.node_id),
             region=self.me.region,
             is_leader=raft.is_leader,
             has_quorum=raft.has_quorum,
-            term=int(getattr(obj, "raftCurrentTerm", 0) or 0),
-            commit_index=int(getattr(obj, "raftCommitIndex", 0) or 0),
+            term=raft.term,
+            commit_index=raft.commit_index,
             last_applied=raft.last_applied,
             record_count=self._state.record_count,
             tombstone_count=self._state.tombstone_count,
+            incarnation=raft.incarnation,
+            joining=raft.joining,
         )
+
+    # -- rejoin: the joining side --------------------------------------------------------
+
+    def _sign_ticket(self, incarnation: int) -> RejoinRequest:
+        assert self._custody is not None
+        unsigned = RejoinRequest(
+            self._fleet_id, bytes.fromhex(self.me.node_id), incarnation, bytes(64)
+        )
+        signature = self._custody.sign(REJOIN_PURPOSE, unsigned.ticket_bytes())
+        return RejoinRequest(unsigned.fleet_id, unsigned.node_id, incarnation, signature)
+
+    def _rejoin_loop(self) -> None:
+        """Send the ticket to the other members in turn until this incarnation is a member
+        (bounded exponential backoff between refusals)."""
+        ticket = self._ticket
+        assert ticket is not None
+        first, longest = self._config.rejoin_backoff
+        wait = first
+        peers = sorted(self._peers.values(), key=lambda n: n.index)
+        turn = 0
+        while not self._stopping.is_set():
+            raft = self._raft
+            if raft is None or not raft.joining:
+                break
+            peer = peers[turn % len(peers)]
+            turn += 1
+            outcome = self._send_ticket(peer, ticket)
+            if outcome is Outcome.OK:
+                _log.info(
+                    "node-%d admitted this node's incarnation %d", peer.index, ticket.incarnation
+                )
+                wait = first
+                deadline = time.monotonic() + self._config.membership_timeout
+                while raft.joining and time.monotonic() < deadline:
+                    if self._stopping.wait(0.05):
+                        return
+                continue
+            _log.info("rejoin ticket to node-%d: %s; retrying", peer.index, outcome.name)
+            if self._stopping.wait(wait):
+                return
+            wait = min(wait * 2, longest)
+        raft = self._raft
+        if raft is not None and not raft.joining:
+            _log.warning(
+                "node-%d rejoined the fleet as incarnation %d; catching up from the leader",
+                self.me.index,
+                raft.incarnation,
+            )
+
+    def _send_ticket(self, peer: NodeLayout, ticket: RejoinRequest) -> Outcome:
+        try:
+            with socket.create_connection(peer.api_address, timeout=2.0) as conn:
+                conn.settimeout(3 * self._config.membership_timeout + 2.0)
+                send_frame(conn, KIND_VAULT, ticket.to_bytes())
+                frame = recv_frame(conn)
+        except (OSError, DecodeError):
+            return Outcome.UNAVAILABLE
+        if frame is None or frame[0] != KIND_VAULT:
+            return Outcome.UNAVAILABLE
+        try:
+            response = decode_response(frame[1])
+        except DecodeError:
+            return Outcome.UNAVAILABLE
+        if not isinstance(response, RejoinResponse | ErrorResponse):
+            return Outcome.UNAVAILABLE
+        return response.outcome
+
+    # -- rejoin: the member side (VaultService delegates RejoinRequest here) --------------
+
+    def _handle_rejoin(self, request: RejoinRequest) -> Outcome:
+        """Check a rejoin ticket and readmit its node under the new incarnation.
+
+        Refused without any membership change: another fleet or a node id that is not a
+        peer pinned at formation (BAD_REQUEST); a signature that does not verify under
+        that peer's custody identity key (INVALID_LOGIN); an incarnation not higher than
+        any this fleet has seen for the node — replayed or old tickets (BAD_REQUEST).
+        """
+        raft = self._raft
+        if raft is None or raft.joining:
+            return Outcome.UNAVAILABLE
+        peer = self._peers.get(request.node_id.hex())
+        if not hmac.compare_digest(request.fleet_id, self._fleet_id) or peer is None:
+            _log.warning("rejoin ticket for another fleet or a non-member refused")
+            return Outcome.BAD_REQUEST
+        try:
+            identity = NodeIdentity(
+                SignatureAlgorithm(peer.identity_algorithm), peer.identity_public_key
+            )
+            verify_signature(identity, REJOIN_PURPOSE, request.ticket_bytes(), request.signature)
+        except (VerificationError, ValueError):
+            _log.warning("rejoin ticket for node-%d with a bad signature refused", peer.index)
+            return Outcome.INVALID_LOGIN
+        if not self._rejoin_lock.acquire(timeout=self._config.membership_timeout):
+            return Outcome.UNAVAILABLE
+        try:
+            return self._readmit(raft, peer, request.incarnation)
+        finally:
+            self._rejoin_lock.release()
+
+    def _readmit(self, raft: RaftNode, peer: NodeLayout, incarnation: int) -> Outcome:
+        timeout = self._config.membership_timeout
+        try:
+            # Refuse a stale ticket on this node's view first (it only ever grows, so no
+            # log entry is spent on a replay), then again after a read barrier, so the
+            # view includes every change committed before this request.
+            if self._stale(raft, peer, incarnation):
+                return Outcome.BAD_REQUEST
+            raft.sync(timeout)
+            if self._stale(raft, peer, incarnation):
+                return Outcome.BAD_REQUEST
+            _log.warning(
+                "readmitting node-%d as incarnation %d (it lost or could not prove its state)",
+                peer.index,
+                incarnation,
+            )
+            if peer.node_id in raft.members():
+                raft.remove_member(peer.node_id, timeout)
+            member: FleetMember = self._canonical[peer.node_id]
+            raft.add_member(member, incarnation, timeout)
+        except (RollbackError, InvalidParameter) as exc:
+            _log.warning("rejoin of node-%d refused: %s", peer.index, exc)
+            return Outcome.BAD_REQUEST
+        except Unavailable as exc:
+            _log.warning("rejoin of node-%d not committed yet: %s", peer.index, exc)
+            return Outcome.UNAVAILABLE
+        _log.warning("node-%d readmitted as incarnation %d", peer.index, incarnation)
+        return Outcome.OK
+
+    @staticmethod
+    def _stale(raft: RaftNode, peer: NodeLayout, incarnation: int) -> bool:
+        seen = raft.highest_incarnation(peer.node_id)
+        if seen is not None and incarnation > seen:
+            return False
+        _log.warning(
+            "rejoin ticket for node-%d refused: incarnation %d is not above %s (replayed or stale)",
+            peer.index,
+            incarnation,
+            seen,
+        )
+        return True
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _handle_vault(self, body: bytes) -> bytes:
+        raft = self._raft
+        if raft is not None and raft.joining:
+            # A new incarnation holds no verified state until the fleet admits it and it
+            # has caught up: it answers nothing from its (empty) state.
+            try:
+                request = decode_request(body)
+            except DecodeError:
+                return ErrorResponse(Outcome.BAD_REQUEST).to_bytes()
+            return refusal_for(request, Outcome.UNAVAILABLE).to_bytes()
+        return self._service.handle(body)
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
@@ -381,7 +642,7 @@ class NodeProcess:
                     return
                 kind, body = frame
                 if kind == KIND_VAULT:
-                    send_frame(conn, KIND_VAULT, self._service.handle(body))
+                    send_frame(conn, KIND_VAULT, self._handle_vault(body))
                 elif body:
                     raise DecodeError("node info request carries a body")
                 else:
@@ -406,6 +667,25 @@ class NodeProcess:
             self._custody.close()
             self._custody = None
         self._nvram.close()
+
+
+def _operator_error(exc: Exception, index: int, new_incarnation: int) -> None:
+    """The operator's message when a node cannot prove its Raft state (log and stderr)."""
+    if isinstance(exc, RollbackError):
+        cause = (
+            "this node's Raft state is older than its NVRAM anchor, or missing "
+            "(restored, rolled back or deleted)"
+        )
+    else:
+        cause = "this node's Raft state does not verify (corrupt, tampered or not this node's)"
+    message = (
+        f"node-{index}: {cause}: {type(exc).__name__}: {exc}. It refuses that state and "
+        f"will rejoin as new incarnation {new_incarnation} once a majority of the fleet "
+        "admits it; if a majority of the fleet reports this, the fleet is lost and must "
+        "be re-formed"
+    )
+    _log.error(message)
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
 def _setup_logging(host_dir: Path) -> None:
@@ -467,6 +747,18 @@ def main(
         metavar="LOGGER",
         help="log this logger at DEBUG (e.g. hsmvault.fleet.transport); repeatable",
     )
+    parser.add_argument(
+        "--snapshot-min-entries",
+        type=int,
+        default=None,
+        help="compact the Raft log (sealed snapshot) once it holds more entries than this",
+    )
+    parser.add_argument(
+        "--snapshot-min-time",
+        type=float,
+        default=None,
+        help="... or once this many seconds passed since the last snapshot",
+    )
     args = parser.parse_args(argv)
     node_dir: Path = args.node_dir.resolve()
     host_dir = node_dir / "host"
@@ -480,6 +772,10 @@ def main(
         if args.provision:
             return _provision(node_dir)
         config = config_factory() if config_factory is not None else NodeProcessConfig()
+        if args.snapshot_min_entries is not None:
+            config = replace(config, snapshot_min_entries=args.snapshot_min_entries)
+        if args.snapshot_min_time is not None:
+            config = replace(config, snapshot_min_time=args.snapshot_min_time)
         return _run(node_dir, config)
     except (VaultError, OSError, KeyError, ValueError) as exc:
         # VaultError messages carry no secrets by contract; others are named by type.

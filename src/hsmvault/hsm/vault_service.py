@@ -60,6 +60,11 @@ attacker who makes two login starts for one id can tell a fresh real record from
 unknown id (at the cost of a real guess); hiding that would need per-id counters for
 ids that do not exist, i.e. unbounded replicated state.
 
+Rejoin (fleet-internal)
+    delegated to the ``rejoin`` handler the node process provides (ticket checks and
+    the membership change live there, ADR 0005 "Rejoin"); without a handler
+    ``BAD_REQUEST``. No session is touched.
+
 Secrets (session keys, OPAQUE states, records, wrapped keys) never appear in logs,
 exceptions or ``repr``. Session ids are looked up through a keyed hash and compared with
 ``hmac.compare_digest``.
@@ -140,6 +145,8 @@ from hsmvault.wire.hsm_api import (
     RegistrationStartRequest,
     RegistrationStartResponse,
     RegistrationUpload,
+    RejoinRequest,
+    RejoinResponse,
     Request,
     Response,
     StatusRequest,
@@ -149,7 +156,17 @@ from hsmvault.wire.hsm_api import (
     upload_context,
 )
 
-__all__ = ["Consensus", "VaultService", "VaultServiceConfig", "credential_identifier"]
+__all__ = [
+    "Consensus",
+    "RejoinHandler",
+    "VaultService",
+    "VaultServiceConfig",
+    "credential_identifier",
+]
+
+RejoinHandler = Callable[[RejoinRequest], Outcome]
+"""Answers a fleet-internal :class:`~hsmvault.wire.hsm_api.RejoinRequest` with the
+outcome of its checks and membership change (provided by the node process)."""
 
 _log = logging.getLogger(__name__)
 
@@ -252,6 +269,7 @@ class VaultService:
         "_fake_ksf",
         "_index_key",
         "_lock",
+        "_rejoin",
         "_reserved",
         "_rng",
         "_server",
@@ -268,8 +286,10 @@ class VaultService:
         config: VaultServiceConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: RandomBytes | None = None,
+        rejoin: RejoinHandler | None = None,
     ) -> None:
         self._server = server
+        self._rejoin = rejoin
         self._consensus = consensus
         if not isinstance(upload_key, X25519PrivateKey):
             raise InvalidParameter("upload_key must be an X25519 private key")
@@ -321,7 +341,17 @@ class VaultService:
                 return self._delete(request)
             case StatusRequest():
                 return self._status()
+            case RejoinRequest():
+                return self._handle_rejoin(request)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _handle_rejoin(self, request: RejoinRequest) -> Response:
+        if self._rejoin is None:
+            return RejoinResponse.refused(Outcome.BAD_REQUEST)
+        outcome = self._rejoin(request)
+        if outcome is Outcome.OK:
+            return RejoinResponse(Outcome.OK)
+        return RejoinResponse.refused(outcome)
 
     # ----------------------------------------------------------------- helpers
 

@@ -767,6 +767,16 @@ class VaultState:
         state._last_version = last_version
         return state
 
+    def restore(self, data: bytes) -> None:
+        """Replace this state, in place, with the one :meth:`snapshot` wrote as ``data``
+        (a Raft snapshot installed or loaded; tick thread). Parsed strictly first
+        (:meth:`from_snapshot`): on :class:`DecodeError` nothing changes."""
+        loaded = VaultState.from_snapshot(data)
+        with self._lock:
+            self._records = loaded._records
+            self._tombstones = loaded._tombstones
+            self._last_version = loaded._last_version
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VaultState):
             return NotImplemented

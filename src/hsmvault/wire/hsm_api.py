@@ -10,7 +10,7 @@ Encoding (version :data:`API_VERSION`), all integers big-endian::
     request   = version u8 || tag u8 || fields
     response  = version u8 || tag u8 || outcome u8 || (fields, only if outcome == OK)
 
-Fields are listed per class in declaration order; each is a ``u8``/``u32`` with a range,
+Fields are listed per class in declaration order; each is a ``u8``/``u32``/``u64`` with a range,
 a boolean byte (0 or 1), fixed-length bytes, or bytes with a 1- or 2-byte length prefix
 and declared bounds (:mod:`hsmvault.wire.encoding`). A response whose outcome is not
 ``OK`` carries no payload at all, and its payload attributes hold their empty defaults.
@@ -73,8 +73,10 @@ __all__ = [
     "MIN_GUESS_LIMIT",
     "MIN_SEALED_UPLOAD_LEN",
     "MIN_UPLOAD_LEN",
+    "REJOIN_TICKET_LABEL",
     "RESPONSE_FOR",
     "SESSION_ID_LEN",
+    "SIGNATURE_LEN",
     "UPLOAD_VERSION",
     "AttemptsRemainingRequest",
     "AttemptsRemainingResponse",
@@ -93,6 +95,8 @@ __all__ = [
     "RegistrationStartRequest",
     "RegistrationStartResponse",
     "RegistrationUpload",
+    "RejoinRequest",
+    "RejoinResponse",
     "Request",
     "Response",
     "StatusRequest",
@@ -100,6 +104,7 @@ __all__ = [
     "decode_request",
     "decode_response",
     "refusal_for",
+    "rejoin_ticket_bytes",
     "upload_context",
 ]
 
@@ -135,6 +140,13 @@ FLEET_SEAL_OVERHEAD: Final = 49
 #: Bounds on ``sealed_upload``: a fleet seal of a :class:`RegistrationUpload`.
 MIN_SEALED_UPLOAD_LEN: Final = MIN_UPLOAD_LEN + FLEET_SEAL_OVERHEAD
 MAX_SEALED_UPLOAD_LEN: Final = MAX_UPLOAD_LEN + FLEET_SEAL_OVERHEAD
+#: Identity-key signatures (Ed25519, or P-256 as ``r || s``) are 64 bytes.
+SIGNATURE_LEN: Final = 64
+#: Fleet ids and fleet node ids are 32 bytes.
+_FLEET_ID_LEN: Final = 32
+_NODE_ID_LEN: Final = 32
+#: Domain label that starts the signed bytes of a rejoin ticket (:class:`RejoinRequest`).
+REJOIN_TICKET_LABEL: Final = b"hsmvault/fleet/rejoin-ticket/v1\x00"
 #: Guess limits a record may have, and the default.
 MIN_GUESS_LIMIT: Final = 1
 MAX_GUESS_LIMIT: Final = 255
@@ -200,6 +212,7 @@ _AUTHENTICATOR = _Fixed(AUTHENTICATOR_LEN)
 _GUESS_LIMIT = _Int(1, MIN_GUESS_LIMIT, MAX_GUESS_LIMIT)
 _REMAINING = _Int(1, 0, MAX_GUESS_LIMIT)
 _COUNT = _Int(4, 0, 0xFFFF_FFFF)
+_INCARNATION = _Int(8, 1, 2**64 - 1)
 
 
 def _write_field(w: Writer, kind: _Field, value: object) -> None:
@@ -207,7 +220,7 @@ def _write_field(w: Writer, kind: _Field, value: object) -> None:
         case _Int(width, lo, hi):
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise InvalidParameter(f"integer field must be in {lo}..{hi}")
-            {1: w.u8, 4: w.u32}[width](value)
+            {1: w.u8, 4: w.u32, 8: w.u64}[width](value)
         case _Bool():
             if not isinstance(value, bool):
                 raise InvalidParameter("boolean field must be a bool")
@@ -225,7 +238,7 @@ def _write_field(w: Writer, kind: _Field, value: object) -> None:
 def _read_field(r: Reader, kind: _Field) -> object:
     match kind:
         case _Int(width, lo, hi):
-            value = r.u8() if width == 1 else r.u32()
+            value = {1: r.u8, 4: r.u32, 8: r.u64}[width]()
             if not lo <= value <= hi:
                 raise DecodeError(f"integer field must be in {lo}..{hi}")
             return value
@@ -576,6 +589,47 @@ class StatusRequest(_RequestBase):
     _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class RejoinRequest(_RequestBase):
+    """Fleet-internal: a member node that lost or could not prove its Raft state asks to
+    be readmitted under a new ``incarnation`` (its advanced NVRAM epoch). The *ticket*
+    is ``signature``, made by the node's custody identity key over
+    :meth:`ticket_bytes` (fleet id, node id, incarnation). The receiving node checks it
+    against the identity key pinned at formation and that ``incarnation`` is higher than
+    any it has seen for ``node_id``, then commits "remove old incarnation", "add new
+    incarnation" (ADR 0005, "Rejoin"). Not a client request: the host only relays it."""
+
+    TAG: ClassVar[int] = 0x09
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("fleet_id", _Fixed(_FLEET_ID_LEN)),
+        ("node_id", _Fixed(_NODE_ID_LEN)),
+        ("incarnation", _INCARNATION),
+        ("signature", _Fixed(SIGNATURE_LEN)),
+    )
+
+    fleet_id: bytes
+    node_id: bytes
+    incarnation: int
+    signature: bytes
+
+    def ticket_bytes(self) -> bytes:
+        """What ``signature`` covers (under the custody purpose the node process uses)::
+
+        REJOIN_TICKET_LABEL | fleet id (32) | node id (32) | incarnation u64
+        """
+        return rejoin_ticket_bytes(self.fleet_id, self.node_id, self.incarnation)
+
+
+def rejoin_ticket_bytes(fleet_id: bytes, node_id: bytes, incarnation: int) -> bytes:
+    """The signed bytes of a rejoin ticket (see :meth:`RejoinRequest.ticket_bytes`).
+    Raises :class:`~hsmvault.errors.InvalidParameter` for fields out of bounds."""
+    w = Writer().fixed(REJOIN_TICKET_LABEL, len(REJOIN_TICKET_LABEL))
+    _write_field(w, _Fixed(_FLEET_ID_LEN), fleet_id)
+    _write_field(w, _Fixed(_NODE_ID_LEN), node_id)
+    _write_field(w, _INCARNATION, incarnation)
+    return w.getvalue()
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -690,6 +744,19 @@ class StatusResponse(_ResponseBase):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class RejoinResponse(_ResponseBase):
+    """OK once the new incarnation is committed as a member; INVALID_LOGIN for a ticket
+    whose signature does not verify; BAD_REQUEST for a malformed, stale (incarnation not
+    higher than any seen), replayed or foreign ticket, or a non-member; UNAVAILABLE when
+    the change could not be committed (no quorum) — the node retries."""
+
+    TAG: ClassVar[int] = 0x89
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = ()
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class ErrorResponse(_ResponseBase):
     """The answer to bytes that are not any request (so no paired type is known):
     always a non-OK outcome, normally BAD_REQUEST."""
@@ -716,6 +783,7 @@ Request: TypeAlias = (
     | ChangeSecretRequest
     | DeleteRequest
     | StatusRequest
+    | RejoinRequest
 )
 Response: TypeAlias = (
     RegistrationStartResponse
@@ -726,6 +794,7 @@ Response: TypeAlias = (
     | ChangeSecretResponse
     | DeleteResponse
     | StatusResponse
+    | RejoinResponse
     | ErrorResponse
 )
 
@@ -739,6 +808,7 @@ RESPONSE_FOR: Final[dict[type[_RequestBase], type[_ResponseBase]]] = {
     ChangeSecretRequest: ChangeSecretResponse,
     DeleteRequest: DeleteResponse,
     StatusRequest: StatusResponse,
+    RejoinRequest: RejoinResponse,
 }
 _REQUESTS: Final[dict[int, type[_RequestBase]]] = {cls.TAG: cls for cls in RESPONSE_FOR}
 _RESPONSE_TYPES: Final[tuple[type[_ResponseBase], ...]] = (*RESPONSE_FOR.values(), ErrorResponse)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from pysyncobj import pickle as psy_pickle  # type: ignore[import-untyped]
 
-from hsmvault.errors import RollbackError, Unavailable, VerificationError
+from hsmvault.errors import DecodeError, RollbackError, Unavailable, VerificationError
 from hsmvault.fleet import codec
 from hsmvault.fleet.codec import make_app_command
 from hsmvault.fleet.journal import (
@@ -26,6 +27,7 @@ from hsmvault.fleet.journal import (
     JournalConfig,
     MemoryAnchorStore,
     SealedJournal,
+    _slot_bytes,
     needs_fresh_journal,
 )
 from hsmvault.hsm.custody.software import SoftwareCustody
@@ -281,7 +283,9 @@ def test_torn_tail_after_the_anchor_is_cut_off(node: Node) -> None:
     assert len(SealedJournal.open(config, fleet_id=FLEET, node_id=NODE, incarnation=1)) == 4
 
 
-def test_log_truncation_rewrites_and_an_older_file_is_refused(node: Node) -> None:
+def test_log_truncation_and_compaction_survive_restart_and_an_older_file_is_refused(
+    node: Node,
+) -> None:
     j = node.open(fresh=True)
     fill(j, 1, 6)
     shutil.copy(node.path, node.host / "before-rewrite")
@@ -332,3 +336,272 @@ def test_needs_fresh_journal_follows_the_epoch(node: Node) -> None:
     assert needs_fresh_journal(node.anchors, 2)  # the epoch was advanced
     with pytest.raises(RollbackError):
         needs_fresh_journal(node.anchors, 0)
+
+
+# -- truncation records (deleteEntriesFrom / deleteEntriesTo / clear) -------------------
+
+
+def entries_of(journal: SealedJournal) -> list[tuple[bytes, int, int]]:
+    return list(journal)
+
+
+def test_conflicting_truncate_persists_and_survives_restart(node: Node) -> None:
+    j = node.open(fresh=True)
+    fill(j, 1, 6)
+    j.deleteEntriesFrom(3)  # positions 3.. = indexes 4..6
+    j.add(cmd(4), 4, 1)  # identical: nothing written
+    j.add(cmd(50), 5, 2)  # conflicts: "truncate from 5" + the entry, durably
+    expected = entries_of(j)
+    j._destroy()
+    again = node.open()
+    assert entries_of(again) == expected
+    assert [e[1:] for e in again] == [(i, 1) for i in range(1, 5)] + [(5, 2)]
+    again.add(cmd(51), 6, 2)
+    again._destroy()
+    assert entries_of(node.open())[-2:] == [(cmd(50), 5, 2), (cmd(51), 6, 2)]
+
+
+def test_a_deleted_suffix_that_was_never_replaced_stays_durable(node: Node) -> None:
+    """Raft deletes a follower's entries only on a conflict (§5.3). A suffix that
+    pysyncobj deleted but that nothing replaced before a crash is still on disk, and
+    restarting with it is the state of a crash just before the delete."""
+    j = node.open(fresh=True)
+    fill(j, 1, 6)
+    j.deleteEntriesFrom(2)
+    j.add(cmd(3), 3, 1)  # the leader's batch re-sent only index 3
+    assert [e[1] for e in j] == [1, 2, 3]
+    j._destroy()  # crash / stop before anything differing arrived
+    again = node.open()
+    assert [e[1] for e in again] == [1, 2, 3, 4, 5, 6]
+
+
+def test_compaction_with_a_pending_truncation_persists_both(node: Node) -> None:
+    j = node.open(fresh=True)
+    fill(j, 1, 8)
+    j.deleteEntriesFrom(6)  # lazily drops 7, 8
+    j.deleteEntriesTo(2)  # compacts 1, 2: both cuts are written now
+    assert [e[1] for e in j] == [3, 4, 5, 6]
+    j._destroy()
+    assert [e[1] for e in node.open()] == [3, 4, 5, 6]
+
+
+def test_clear_then_snapshot_boundary_entries_survive_restart(node: Node) -> None:
+    j = node.open(fresh=True)
+    fill(j, 1, 5)
+    j.deleteEntriesFrom(3)  # pending, then superseded by clear()
+    j.clear()  # pysyncobj, before installing a snapshot
+    j.add(cmd(10), 10, 3)
+    j.add(cmd(11), 11, 3)
+    j._destroy()
+    assert entries_of(node.open()) == [(cmd(10), 10, 3), (cmd(11), 11, 3)]
+
+
+def test_rollback_of_a_journal_with_truncate_records_is_detected(node: Node) -> None:
+    j = node.open(fresh=True)
+    fill(j, 1, 6)
+    j.deleteEntriesFrom(4)
+    shutil.copy(node.path, node.host / "before-truncate")  # unchanged: the cut is lazy
+    j.add(cmd(90), 5, 2)  # truncate + entry, anchored
+    shutil.copy(node.path, node.host / "with-truncate")
+    j.deleteEntriesTo(2)
+    j.add(cmd(91), 6, 2)
+    j._destroy()
+    size_with_truncate = (node.host / "with-truncate").stat().st_size
+    for older in ("before-truncate", "with-truncate"):
+        shutil.copy(node.host / older, node.path)
+        with pytest.raises(RollbackError, match="older than the NVRAM anchor"):
+            node.open()
+    # Dropping only the last records (the anchored truncate + entry) is also refused.
+    shutil.copy(node.host / "with-truncate", node.path)
+    data = node.path.read_bytes()
+    node.path.write_bytes(data[: size_with_truncate - 20])
+    with pytest.raises(RollbackError):
+        node.open()
+
+
+def test_a_fork_at_a_truncate_record_is_refused(node: Node) -> None:
+    anchors = DroppingAnchors()
+    config = JournalConfig(node.host, node.custody, anchors)
+
+    def open_() -> SealedJournal:
+        return SealedJournal.open(config, fleet_id=FLEET, node_id=NODE, incarnation=1)
+
+    j = SealedJournal.open(
+        JournalConfig(node.host, node.custody, anchors, fresh=True),
+        fleet_id=FLEET,
+        node_id=NODE,
+        incarnation=1,
+    )
+    fill(j, 1, 4)
+    shutil.copy(node.path, node.host / "base")
+    anchors.drop = True  # "crash" before NVRAM records the truncate + entry
+    j.deleteEntriesFrom(2)
+    j.add(cmd(30), 3, 2)
+    j._destroy()
+    shutil.copy(node.path, node.host / "branch-a")
+    anchors.drop = False
+    shutil.copy(node.host / "base", node.path)  # the host drops the unanchored records
+    j = open_()
+    assert [e[1] for e in j] == [1, 2, 3, 4]
+    j.add(cmd(5), 5, 1)  # anchored, same sequence number as branch A's truncate record
+    j._destroy()
+    shutil.copy(node.host / "branch-a", node.path)
+    with pytest.raises(RollbackError, match="forked"):
+        open_()
+
+
+def test_dead_records_trigger_an_occasional_rewrite(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rewrites: list[int] = []
+    real = SealedJournal._rewrite
+
+    def counting(self: SealedJournal) -> None:
+        rewrites.append(len(self))
+        real(self)
+
+    monkeypatch.setattr(SealedJournal, "_rewrite", counting)
+    j = node.open(fresh=True)
+    rewrites.clear()  # creating the file is one
+    j.rewrite_min_dead = 8
+    fill(j, 1, 20)
+    j.deleteEntriesTo(4)  # 4 dead entries: no rewrite
+    assert rewrites == []
+    j.deleteEntriesTo(8)  # 12 dead (+ records): more dead than live and than 8
+    assert rewrites == [8]
+    shutil.copy(node.path, node.host / "after-rewrite")
+    first = entries_of(j)
+    j.add(cmd(21), 21, 1)
+    j._destroy()
+    assert entries_of(node.open())[:-1] == first
+    shutil.copy(node.host / "after-rewrite", node.path)
+    with pytest.raises(RollbackError):
+        node.open()
+
+
+@pytest.mark.parametrize("seed", [5, 11, 23])
+def test_random_operations_keep_memory_a_prefix_of_the_durable_log(node: Node, seed: int) -> None:
+    """Model check: after any sequence of adds (identical or not), lazy truncations and
+    compactions, a restart yields a log of which the in-memory log was a prefix, and
+    exactly the in-memory log once nothing is pending."""
+    rng = random.Random(seed)
+    j = node.open(fresh=True)
+    fill(j, 1, 3)
+    term = 1
+    for step in range(300):
+        op = rng.random()
+        if op < 0.15 and len(j) > 2:
+            j.deleteEntriesFrom(rng.randrange(1, len(j)))
+        elif op < 0.2 and len(j) > 4:
+            j.deleteEntriesTo(rng.randrange(1, len(j) - 2))
+        elif op < 0.25:
+            term += 1
+            j.setCurrentTerm(term, None)
+        else:
+            idx = j[-1][1] + 1
+            pending = j._tail[0] if j._tail else None
+            if pending is not None and rng.random() < 0.7:
+                j.add(*pending)  # the leader re-sends what we hold
+            else:
+                j.add(cmd(1000 + step), idx, term)
+        if step % 25 == 0 or step == 299:
+            memory = entries_of(j)
+            pending_tail = list(j._tail)
+            j._destroy()
+            j = node.open()
+            durable = entries_of(j)
+            assert durable == memory + pending_tail
+    j._destroy()
+
+
+# -- the two-slot NVRAM anchor ----------------------------------------------------------
+
+
+def anchor_file(store_dir: Path) -> Path:
+    return store_dir / FileAnchorStore.FILE_NAME
+
+
+def test_torn_anchor_slot_recovers_from_the_other_slot(tmp_path: Path) -> None:
+    nvram = tmp_path / "nvram"
+    store = FileAnchorStore(nvram)
+    a1, a2 = JournalAnchor(1, 1, b"\x01" * 32), JournalAnchor(1, 2, b"\x02" * 32)
+    store.write_anchor(a1)  # slot 0
+    store.write_anchor(a2)  # slot 1
+    good = anchor_file(nvram).read_bytes()
+    # The write of a2 was torn (a crash mid-write): its slot fails its checksum.
+    for cut in (1, 20, 50, 91):
+        torn = bytearray(good)
+        torn[4096 + cut :] = bytes(len(torn) - 4096 - cut)
+        anchor_file(nvram).write_bytes(bytes(torn))
+        assert FileAnchorStore(nvram).read_anchor() == a1
+    # The node goes on from a1: the next write overwrites the torn slot.
+    a3 = JournalAnchor(1, 2, b"\x03" * 32)
+    store.write_anchor(a3)
+    assert FileAnchorStore(nvram).read_anchor() == a3
+    # A corrupt *older* slot does not matter either.
+    data = bytearray(anchor_file(nvram).read_bytes())
+    data[10] ^= 0xFF  # slot 0 holds a1
+    anchor_file(nvram).write_bytes(bytes(data))
+    assert FileAnchorStore(nvram).read_anchor() == a3
+
+
+def test_corrupt_anchor_file_is_a_clear_error(tmp_path: Path) -> None:
+    nvram = tmp_path / "nvram"
+    store = FileAnchorStore(nvram)
+    store.write_anchor(JournalAnchor(1, 1, b"\x01" * 32))
+    store.write_anchor(JournalAnchor(1, 2, b"\x02" * 32))
+    good = anchor_file(nvram).read_bytes()
+    both = bytearray(good)
+    both[5] ^= 1
+    both[4096 + 5] ^= 1
+    anchor_file(nvram).write_bytes(bytes(both))
+    with pytest.raises(DecodeError, match="no valid slot"):
+        store.read_anchor()
+    with pytest.raises(DecodeError):  # and no write goes through
+        store.write_anchor(JournalAnchor(1, 3, b"\x03" * 32))
+    anchor_file(nvram).write_bytes(good[:100])
+    with pytest.raises(DecodeError, match="wrong size"):
+        store.read_anchor()
+    # A newer counter holding an older anchor (never written so) is inconsistent.
+    inconsistent = bytearray(good)
+    record = _slot_bytes(3, JournalAnchor(1, 0, bytes(32)))
+    inconsistent[: len(record)] = record  # slot 1 holds counter 2
+    anchor_file(nvram).write_bytes(bytes(inconsistent))
+    with pytest.raises(DecodeError, match="inconsistent"):
+        store.read_anchor()
+
+
+def test_anchor_slots_never_move_backwards(tmp_path: Path) -> None:
+    nvram = tmp_path / "nvram"
+    store = FileAnchorStore(nvram)
+    for seq in range(1, 6):
+        store.write_anchor(JournalAnchor(1, seq, bytes([seq]) * 32))
+    other = FileAnchorStore(nvram)  # a second handle on the same NVRAM sees the same
+    for stale in (JournalAnchor(1, 4, b"\x04" * 32), JournalAnchor(0, 9, b"\x09" * 32)):
+        for s in (store, other):
+            with pytest.raises(RollbackError, match="backwards"):
+                s.write_anchor(stale)
+    with pytest.raises(RollbackError, match="forked"):
+        other.write_anchor(JournalAnchor(1, 5, b"\xff" * 32))
+    other.write_anchor(JournalAnchor(1, 5, b"\x05" * 32))  # replay: no-op
+    assert store.read_anchor() == JournalAnchor(1, 5, b"\x05" * 32)
+
+
+def test_journal_resumes_after_a_torn_anchor_write(node: Node) -> None:
+    """A torn NVRAM write leaves the previous anchor; the journal record it was meant to
+    anchor is then "ahead of the anchor" (never acted on) and is accepted."""
+    j = node.open(fresh=True)
+    fill(j, 1, 3)
+    j._destroy()
+    path = anchor_file(node.anchors._dir)
+    data = path.read_bytes()
+    slot0, slot1 = (int.from_bytes(data[o + 4 : o + 12], "big") for o in (0, 4096))
+    newest = 0 if slot0 > slot1 else 4096
+    torn = bytearray(data)
+    torn[newest + 30] ^= 0x55
+    path.write_bytes(bytes(torn))
+    again = node.open()
+    assert len(again) == 3
+    again.add(cmd(4), 4, 1)
+    again._destroy()
+    assert len(node.open()) == 4

@@ -40,13 +40,21 @@ File format (all integers big-endian)::
     plaintext := 1 (entry) | idx u64 | term u64 | codec wire command
                | 2 (meta)  | current term u64 | commit index u64 | voted flag u8
                            [ | id length u8 | voted-for node id (ASCII) ]
+               | 3 (truncate) | from idx u64     drop entries with idx >= from (0: all)
+               | 4 (compact)  | first idx u64    drop entries with idx < first
 
 Every file starts with a meta record, then the log entries in order (contiguous indexes),
-then further entry and meta records as they happen. Truncating the log
-(``deleteEntriesFrom``/``deleteEntriesTo``/``clear``) rewrites the whole state into a new
-file whose sequence numbers continue those of the old one (first seq = old last + 1,
-previous digest = digest of the old last record), then atomically renames it over the old
-file and fsyncs the directory, then advances the anchor.
+then further entry, meta, truncate and compact records as they happen; replay applies
+them in order. Truncating the log appends a record like any other (sealed, chained,
+fsynced, anchored): ``clear`` a "truncate from 0", ``deleteEntriesTo`` a "compact", and
+``deleteEntriesFrom`` is *lazy* - it writes nothing until an ``add`` at the cut differs
+from the stored entry, and then writes "truncate from idx" and that entry with one fsync
+(see :meth:`SealedJournal.deleteEntriesFrom` for why that is safe). Only when dead records
+pile up (``_maybe_rewrite``) is the whole state rewritten into a new file whose sequence
+numbers continue those of the old one (first seq = old last + 1, previous digest = digest
+of the old last record), atomically renamed over the old file (directory fsynced), then
+anchored. An append costs one ``fdatasync`` of the journal and one of the anchor
+(:class:`FileAnchorStore`: two slots written in place).
 
 Verification on open, in order (:meth:`SealedJournal.open`):
 
@@ -80,6 +88,7 @@ import os
 import secrets
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +134,18 @@ _LEN = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">BQQ")
 _META_HEAD = struct.Struct(">BQQB")
+_CUT = struct.Struct(">BQ")
 _T_ENTRY: Final = 1
 _T_META: Final = 2
+_T_TRUNCATE: Final = 3
+_T_COMPACT: Final = 4
 _DIGEST_LEN: Final = 32
 _MAX_RECORD: Final = 1 << 20
 """Largest sealed record (a 16 KiB command transcodes to far less)."""
 _MAX_VOTED_ID: Final = 128
+_REWRITE_MIN_DEAD: Final = 4096
+"""A file is rewritten (physically compacted) once it holds more than this many dead
+records and more dead than live ones: amortised O(1) per record (see ``_maybe_rewrite``)."""
 U64_MAX: Final = 2**64 - 1
 
 
@@ -242,8 +257,22 @@ class MemoryAnchorStore:
 class FileAnchorStore:
     """An :class:`AnchorStore` in a file ``journal-anchor`` inside the node's NVRAM
     directory (the local stand-in for an NVRAM field; see ``hsm.nvram``). The directory's
-    path must contain ``nvram``. Writes are atomic: temporary file, fsync, rename, fsync of
-    the directory. A corrupted file raises :class:`DecodeError` on read.
+    path must contain ``nvram``.
+
+    The file has two fixed-size **slots**, written in place and alternately, each with a
+    write counter and its own SHA-256 checksum::
+
+        slot := "HVA2" | counter u64 | incarnation u64 | seq u64 | digest 32
+                | SHA-256 of the preceding 60 bytes | zero padding to 4096 bytes
+
+    A read takes the valid slot with the higher counter. A write goes to the *other* slot
+    with counter + 1 and one ``fdatasync``; no temporary file, rename or directory fsync
+    (only the file's creation does those, once). A write torn by a crash damages only the
+    slot being written, whose anchor was never acknowledged, so the other slot still holds
+    the previous anchor: exactly the state of a crash just before the write. The slots are
+    4 KiB apart so that no device block holds both. A file with no valid slot, of the
+    wrong size, or whose newer slot holds an older anchor raises :class:`DecodeError` on
+    read (and so fails every write): NVRAM corruption is never silently repaired.
     """
 
     FILE_NAME: Final = "journal-anchor"
@@ -262,19 +291,104 @@ class FileAnchorStore:
             data = self._file.read_bytes()
         except FileNotFoundError:
             return None
-        return JournalAnchor.from_bytes(data)
+        return _parse_slots(data)[0]
 
     def write_anchor(self, anchor: JournalAnchor) -> None:
         with self._lock:
-            if not _check_forward(self.read_anchor(), anchor):
+            try:
+                fd = os.open(self._file, os.O_RDWR)
+            except FileNotFoundError:
+                self._create(anchor)
                 return
-            tmp = self._dir / (self.FILE_NAME + ".tmp")
-            _write_durably(tmp, anchor.to_bytes())
-            os.replace(tmp, self._file)
-            _fsync_dir(self._dir)
+            try:
+                current, counter, slot = _parse_slots(_pread_all(fd, 2 * _SLOT_SIZE))
+                if not _check_forward(current, anchor):
+                    return
+                if counter >= U64_MAX:
+                    raise InvalidParameter("journal anchor write counter exhausted")
+                record = _slot_bytes(counter + 1, anchor)
+                offset = (1 - slot) * _SLOT_SIZE
+                view = memoryview(record)
+                while view:
+                    view = view[os.pwrite(fd, view, offset + len(record) - len(view)) :]
+                _sync_data(fd)
+            finally:
+                os.close(fd)
+
+    def _create(self, anchor: JournalAnchor) -> None:
+        """First write: both slots (the second empty) into a temporary file, fsync, rename,
+        fsync the directory, so the file never exists without a valid slot."""
+        data = bytearray(2 * _SLOT_SIZE)
+        record = _slot_bytes(1, anchor)
+        data[: len(record)] = record
+        tmp = self._dir / (self.FILE_NAME + ".tmp")
+        _write_durably(tmp, bytes(data))
+        os.replace(tmp, self._file)
+        _fsync_dir(self._dir)
 
     def __repr__(self) -> str:
         return f"FileAnchorStore({str(self._dir)!r})"
+
+
+_SLOT_MAGIC: Final = b"HVA2"
+_SLOT_BODY = struct.Struct(">4sQQQ32s")
+_SLOT_RECORD: Final = _SLOT_BODY.size + 32
+_SLOT_SIZE: Final = 4096
+
+
+def _slot_bytes(counter: int, anchor: JournalAnchor) -> bytes:
+    body = _SLOT_BODY.pack(_SLOT_MAGIC, counter, anchor.incarnation, anchor.seq, anchor.digest)
+    return body + hashlib.sha256(body).digest()
+
+
+def _parse_slot(raw: bytes) -> tuple[int, JournalAnchor] | None:
+    """``(counter, anchor)`` of a valid slot; None for an empty, torn or corrupt one."""
+    body, checksum = raw[: _SLOT_BODY.size], raw[_SLOT_BODY.size : _SLOT_RECORD]
+    if not hmac.compare_digest(hashlib.sha256(body).digest(), checksum):
+        return None
+    magic, counter, incarnation, seq, digest = _SLOT_BODY.unpack(body)
+    if magic != _SLOT_MAGIC or counter == 0:
+        return None
+    return counter, JournalAnchor(incarnation, seq, digest)
+
+
+def _parse_slots(data: bytes) -> tuple[JournalAnchor, int, int]:
+    """``(anchor, counter, slot index)`` of the newest valid slot; DecodeError if none."""
+    if len(data) != 2 * _SLOT_SIZE:
+        raise DecodeError("journal anchor file is corrupted or of an older format (wrong size)")
+    slots = [_parse_slot(data[i * _SLOT_SIZE : i * _SLOT_SIZE + _SLOT_RECORD]) for i in (0, 1)]
+    valid = [(found[0], i, found[1]) for i, found in enumerate(slots) if found is not None]
+    if not valid:
+        raise DecodeError("journal anchor file is corrupted (no valid slot)")
+    valid.sort(key=lambda item: item[0])
+    counter, index, anchor = valid[-1]
+    if len(valid) == 2:
+        old_counter, _, old_anchor = valid[0]
+        if old_counter == counter or anchor._order() < old_anchor._order():
+            raise DecodeError("journal anchor file is corrupted (inconsistent slots)")
+    elif any(data[(1 - index) * _SLOT_SIZE : (2 - index) * _SLOT_SIZE]):
+        logger.warning("journal anchor: one slot is torn or corrupt; using the other one")
+    return anchor, counter, index
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        chunk = os.pread(fd, size - len(out), len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _sync_data(fd: int) -> None:
+    """Make a file's data (and the metadata needed to read it back, such as its size)
+    durable: ``fdatasync`` where the platform has it, else ``fsync``."""
+    sync = getattr(os, "fdatasync", None)
+    if sync is None:
+        os.fsync(fd)
+    else:
+        sync(fd)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -378,6 +492,16 @@ def _entry_plaintext(command: bytes, idx: int, term: int) -> bytes:
     return _ENTRY_HEAD.pack(_T_ENTRY, idx, term) + codec.encode_command(command)
 
 
+def _truncate_plaintext(from_idx: int) -> bytes:
+    """Drop every entry with index >= ``from_idx`` (0: all of them)."""
+    return _CUT.pack(_T_TRUNCATE, from_idx)
+
+
+def _compact_plaintext(first_idx: int) -> bytes:
+    """Drop every entry with index < ``first_idx`` (log compaction after a snapshot)."""
+    return _CUT.pack(_T_COMPACT, first_idx)
+
+
 def _meta_plaintext(term: int, commit: int, voted_for: str | None) -> bytes:
     if voted_for is None:
         return _META_HEAD.pack(_T_META, term, commit, 0)
@@ -409,23 +533,39 @@ def _apply_plaintext(state: _State, plaintext: bytes) -> None:
             raise DecodeError("journal entries are not contiguous")
         state.entries.append((command, idx, term))
     elif kind == _T_META:
-        if len(plaintext) < _META_HEAD.size:
-            raise DecodeError("journal meta record is truncated")
-        _, term, commit, flag = _META_HEAD.unpack_from(plaintext)
-        rest = plaintext[_META_HEAD.size :]
-        voted: str | None = None
-        if flag == 1:
-            if not rest or len(rest) != 1 + rest[0] or not 1 <= rest[0] <= _MAX_VOTED_ID:
-                raise DecodeError("journal meta record has a malformed vote")
-            try:
-                voted = rest[1:].decode("ascii")
-            except UnicodeDecodeError:
-                raise DecodeError("journal meta record has a malformed vote") from None
-        elif flag != 0 or rest:
-            raise DecodeError("journal meta record is malformed")
-        state.term, state.commit, state.voted_for = term, commit, voted
+        _apply_meta(state, plaintext)
+    elif kind in (_T_TRUNCATE, _T_COMPACT):
+        if len(plaintext) != _CUT.size:
+            raise DecodeError("journal truncation record is malformed")
+        _, bound = _CUT.unpack(plaintext)
+        entries = state.entries
+        if entries:
+            # Entries are contiguous, so the cut is a position in the list.
+            position = min(max(bound - entries[0][1], 0), len(entries))
+            if kind == _T_TRUNCATE:
+                del entries[position:]
+            else:
+                del entries[:position]
     else:
         raise DecodeError("unknown journal record type")
+
+
+def _apply_meta(state: _State, plaintext: bytes) -> None:
+    if len(plaintext) < _META_HEAD.size:
+        raise DecodeError("journal meta record is truncated")
+    _, term, commit, flag = _META_HEAD.unpack_from(plaintext)
+    rest = plaintext[_META_HEAD.size :]
+    voted: str | None = None
+    if flag == 1:
+        if not rest or len(rest) != 1 + rest[0] or not 1 <= rest[0] <= _MAX_VOTED_ID:
+            raise DecodeError("journal meta record has a malformed vote")
+        try:
+            voted = rest[1:].decode("ascii")
+        except UnicodeDecodeError:
+            raise DecodeError("journal meta record has a malformed vote") from None
+    elif flag != 0 or rest:
+        raise DecodeError("journal meta record is malformed")
+    state.term, state.commit, state.voted_for = term, commit, voted
 
 
 def _scan(
@@ -506,6 +646,12 @@ class SealedJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
         self._last_seq = last_seq
         self._last_digest = last_digest
         self._file: BinaryIO | None = None
+        self._file_records = 0
+        """Records in the current file (live and dead), for ``_maybe_rewrite``."""
+        self._tail: deque[tuple[bytes, int, int]] = deque()
+        """Durable entries that follow the in-memory log but were deleted by a
+        ``deleteEntriesFrom`` not yet persisted (see there). Always empty in memory mode."""
+        self.rewrite_min_dead = _REWRITE_MIN_DEAD
         self._commit_dirty = False
         self._broken = False
         self._closed = False
@@ -640,6 +786,7 @@ class SealedJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
             last_digest=digest,
         )
         journal._path = config.path
+        journal._file_records = seq - first_seq + 1
         if valid_end != len(data):
             with open(config.path, "r+b") as f:
                 f.truncate(valid_end)
@@ -687,15 +834,17 @@ class SealedJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
                 digest = _digest(sealed)
             self._file.write(out)
             self._file.flush()
-            os.fsync(self._file.fileno())
+            _sync_data(self._file.fileno())
             self._last_seq, self._last_digest = seq, digest
+            self._file_records += len(plaintexts)
             self._anchors.write_anchor(JournalAnchor(self._owner.incarnation, seq, digest))
         except Exception as exc:
             self._break(exc)
 
     def _rewrite(self) -> None:
         """Write the whole current state into a new file continuing the sequence, rename
-        it over the old one, fsync the directory, advance the anchor."""
+        it over the old one, fsync the directory, advance the anchor. The file then holds
+        exactly the in-memory log: a pending truncation (``_tail``) is thereby persisted."""
         assert self._path is not None
         assert self._owner is not None
         assert self._anchors is not None
@@ -721,10 +870,24 @@ class SealedJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
             _fsync_dir(self._path.parent)
             self._file = open(self._path, "ab")  # noqa: SIM115  # closed by _destroy
             self._first_seq, self._last_seq, self._last_digest = first_seq, seq, digest
+            self._file_records = len(plaintexts)
+            self._tail.clear()
             self._commit_dirty = False
             self._anchors.write_anchor(JournalAnchor(self._owner.incarnation, seq, digest))
         except Exception as exc:
             self._break(exc)
+
+    def _maybe_rewrite(self) -> None:
+        """Physically compact the file when its dead records (truncated or compacted
+        entries, superseded meta records) outnumber both the live ones and
+        ``rewrite_min_dead``: the rewrite costs O(live) and happens at most once per
+        max(live, rewrite_min_dead) appended records, so O(1) amortised per record."""
+        if self._path is None:
+            return
+        live = len(self._state.entries) + len(self._tail) + 1
+        dead = self._file_records - live
+        if dead > max(self.rewrite_min_dead, live):
+            self._rewrite()
 
     def _check_usable(self) -> None:
         if self._broken:
@@ -743,32 +906,90 @@ class SealedJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
     # -- pysyncobj Journal interface -------------------------------------------------------
 
     def add(self, command: bytes, idx: int, term: int) -> None:
-        """Append one entry; durable (fsync + anchor) before returning."""
+        """Append one entry; durable (fsync + anchor) before returning. Re-adding, after a
+        :meth:`deleteEntriesFrom`, exactly the entry the file holds at that position
+        writes nothing (see there)."""
         self._check_usable()
         command = bytes(command)
+        entry = (command, idx, term)
         if self._path is not None:
-            self._append_records([_entry_plaintext(command, idx, term)])
-        self._state.entries.append((command, idx, term))
+            if not self._tail:
+                self._append_records([_entry_plaintext(command, idx, term)])
+            elif self._tail[0] == entry:
+                self._tail.popleft()  # already durable at this very position
+            else:
+                # A real conflict: persist the truncation and the new entry together
+                # (one write, one fsync, one anchor) before pysyncobj may acknowledge.
+                cut = self._tail[0][1]
+                self._append_records([_truncate_plaintext(cut), _entry_plaintext(*entry)])
+                self._tail.clear()
+        self._state.entries.append(entry)
+        self._maybe_rewrite()
         if self.on_append is not None:
             self.on_append(command, idx, term)
 
     def clear(self) -> None:
+        """Drop the whole log (pysyncobj: before installing a snapshot); durable."""
         self._check_usable()
         self._state.entries = []
         if self._path is not None:
-            self._rewrite()
+            self._tail.clear()
+            self._append_records([_truncate_plaintext(0)])
+            self._maybe_rewrite()
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802, N803  # pysyncobj's names
+        """Drop the entries from list position ``entryFrom`` on, *lazily on disk*.
+
+        pysyncobj's follower calls this whenever the leader re-sends entries after
+        ``prevLogIdx``, even identical ones, then calls :meth:`add` for each re-sent entry.
+        So the deleted suffix is only remembered (``_tail``, the durable entries after the
+        in-memory log) and nothing is written here. The next :meth:`add` either re-adds
+        exactly the durable entry at that position (same index, term and command bytes:
+        nothing to write) or differs, and then a "truncate from index" record and the new
+        entry are written together, fsynced and anchored before ``add`` returns.
+
+        Why this keeps Raft's promises (ADR 0005, "Truncation records"):
+
+        * Invariant: the durable log D (the file, replayed) is the in-memory log L
+          followed by ``_tail``. L is always a prefix of D, entry for entry.
+        * Everything pysyncobj acknowledges (``next_node_idx``) or votes on is read from L,
+          so every acknowledged entry is durable at its index with its term and bytes.
+        * An entry of D is replaced only by an ``add`` that differs from it, and that
+          ``add`` makes the replacement durable before it returns, i.e. before pysyncobj
+          can act on it. So a suffix that was really replaced is never left on disk to
+          come back after a crash: D never holds an entry that contradicts L.
+        * A suffix that was deleted but never replaced (the leader's batch ended, or a
+          crash came first) stays in D. That is exactly what Raft §5.3 prescribes: a
+          follower deletes entries only on a conflict. After a restart the node holds
+          entries it once held durably and that no acknowledged entry contradicts, the
+          state of a crash just before the ``deleteEntriesFrom``, which the eager
+          rewrite allowed too. A persisted vote is unaffected: it is a separate record.
+        """
         self._check_usable()
+        removed = self._state.entries[entryFrom:]
         del self._state.entries[entryFrom:]
         if self._path is not None:
-            self._rewrite()
+            self._tail.extendleft(reversed(removed))
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803  # pysyncobj's names
+        """Drop the entries before list position ``entryTo`` (compaction after a snapshot):
+        a sealed "compacted to index" record (with any pending truncation first), one
+        fsync and anchor; the file is rewritten only when its dead records pile up."""
         self._check_usable()
-        self._state.entries = self._state.entries[entryTo:]
-        if self._path is not None:
-            self._rewrite()
+        entries = self._state.entries
+        dropped, self._state.entries = entries[:entryTo], entries[entryTo:]
+        if self._path is None:
+            return
+        records = []
+        if self._tail:
+            records.append(_truncate_plaintext(self._tail[0][1]))
+        if dropped:
+            first = self._state.entries[0][1] if self._state.entries else dropped[-1][1] + 1
+            records.append(_compact_plaintext(first))
+        if records:
+            self._append_records(records)
+            self._tail.clear()
+        self._maybe_rewrite()
 
     def __getitem__(self, item: Any) -> Any:
         return self._state.entries[item]
@@ -825,6 +1046,7 @@ class SealedJournal(Journal):  # type: ignore[misc]  # pysyncobj is untyped
         self._commit_dirty = False
         if self._path is not None:
             self._append_records([_meta_plaintext(s.term, s.commit, s.voted_for)])
+            self._maybe_rewrite()
 
     def __repr__(self) -> str:
         where = "sealed file" if self._path is not None else "memory"

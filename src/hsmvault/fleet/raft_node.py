@@ -22,7 +22,11 @@ Configuration choices (see ``docs/decisions/0004-consensus-engine-pysyncobj.md``
   state. The fleet never lists two incarnations of one node id: to readmit a node that
   lost its state, remove its old incarnation, then add the new one, which starts with
   ``joining=True`` and catches up from the leader;
-* timers from :class:`FleetTimings` (5 ms tick, 10 ms append period by default).
+* timers from :class:`FleetTimings` (5 ms tick, 10 ms append period by default);
+* pysyncobj's AppendEntries handling corrected to Raft §5.3 / Fig. 2 (a follower truncates
+  only from a conflicting entry, never below its commit index; a leader ignores stale
+  reset replies): :mod:`hsmvault.fleet.pysyncobj_patches`, ADR 0009. Only pysyncobj 0.3.17
+  is accepted (:class:`~hsmvault.fleet.pysyncobj_patches.PysyncobjVersionError` otherwise).
 
 Start-up contract for the node process:
 
@@ -60,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pysyncobj import SyncObj, SyncObjConf, replicated  # type: ignore[import-untyped]
+from pysyncobj import SyncObjConf, replicated  # type: ignore[import-untyped]
 from pysyncobj.config import FAIL_REASON  # type: ignore[import-untyped]
 
 from hsmvault.errors import InvalidParameter, RollbackError, Unavailable
@@ -74,6 +78,7 @@ from hsmvault.fleet.membership import (
     IdentitySigner,
     node_id_for,
 )
+from hsmvault.fleet.pysyncobj_patches import RaftFixes, require_pinned_pysyncobj
 from hsmvault.fleet.snapshots import SNAPSHOT_FILE, SnapshotConfig, SnapshotManager
 from hsmvault.fleet.transport import FleetTransport, TransportConfig, fleet_transport_factory
 
@@ -145,8 +150,9 @@ class FleetTimings:
             raise InvalidParameter("leader_fallback_timeout must exceed the append period")
 
 
-class _Replicated(SyncObj):  # type: ignore[misc]  # pysyncobj is untyped
-    """The pysyncobj object: exactly one replicated method (function id 0)."""
+class _Replicated(RaftFixes):
+    """The pysyncobj object: exactly one replicated method (function id 0), with the Raft
+    fixes of ``docs/decisions/0009-pysyncobj-raft-fixes.md``."""
 
     def __init__(
         self,
@@ -211,6 +217,7 @@ class RaftNode:
         joining: bool = False,
         snapshots: SnapshotConfig | None = None,
     ) -> None:
+        require_pinned_pysyncobj()  # the Raft fixes (ADR 0009) are verified for 0.3.17 only
         timings = timings or FleetTimings()
         self._node_id = node_id_for(identity.public_key())
         if self._node_id not in membership:

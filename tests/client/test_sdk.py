@@ -164,6 +164,7 @@ def client_for(
         URL,
         lambda: TOKEN,
         fleet_keys=FLEET.public() if pinned else None,
+        unsafe_trust_gateway_fleet_keys=not pinned,
         http=httpx.Client(transport=httpx.MockTransport(gateway)),
         protocol=CONFIG,
         retry=RetryPolicy(attempts=attempts),
@@ -379,6 +380,16 @@ def test_409_without_an_offset_is_an_error_after_retries(tree: Path) -> None:
 
 
 # ------------------------------------------------------------------ key protection
+
+
+def test_unpinned_fleet_keys_are_refused_unless_explicitly_unsafe() -> None:
+    node = Node()
+    client = VaultClient(
+        URL, lambda: TOKEN, http=httpx.Client(transport=httpx.MockTransport(FakeGateway(node)))
+    )
+    with pytest.raises(VerificationError):
+        client.protect_with_pin("482916", BackupKey.generate())
+    assert node.fleet.state().record(b"alice") is None  # nothing reached the fleet
 
 
 def test_key_protection_through_the_gateway() -> None:

@@ -42,14 +42,14 @@ def _base_python() -> str:
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = _source_repo()
     if shutil.which("git") is None or shutil.which("make") is None:
-        pytest.skip("git and make are needed for the newcomer test")
+        pytest.fail("git and make are needed for the newcomer test (make test installs them)")
     inside = subprocess.run(
         ["git", "-C", str(source), "rev-parse", "--is-inside-work-tree"],
         capture_output=True,
         check=False,
     )
     if inside.returncode != 0:
-        pytest.skip(f"{source} is not a git checkout")
+        pytest.fail(f"{source} is not a git checkout: the newcomer test clones it")
     target = tmp_path_factory.mktemp("newcomer") / "hsmvault"
     subprocess.run(
         ["git", "clone", "--quiet", "--depth", "1", f"file://{source}", str(target)],
@@ -134,7 +134,9 @@ def clone_up(
     clone: Path, demo_run: subprocess.CompletedProcess[str], tmp_path: Path
 ) -> Iterator[UpProcess]:
     if demo_run.returncode != 0:
-        pytest.skip("make demo failed (reported by its own test)")
+        pytest.fail(
+            "make demo failed on the fresh clone (see test_make_demo_on_a_fresh_clone_succeeds)"
+        )
     up = UpProcess([str(clone / ".venv" / "bin" / "hsmvault")], tmp_path / "data", cwd=clone)
     up.start()
     try:

@@ -18,9 +18,11 @@ gateway), else minted by the data directory's DEVELOPMENT-ONLY issuer
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,6 +139,17 @@ class DeviceSession:
         return key
 
 
+def _is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (the only gateway the CLI trusts unpinned)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def open_session(
     ctx: Context, progress: Callable[[SdkProgress], object] | None = None
 ) -> DeviceSession:
@@ -145,15 +158,17 @@ def open_session(
     data = DataLayout(config.data_dir)
     user = args.user or config.user
     endpoints = resolve_endpoints(config.effective_gateway_url, args.gateway_url, data)
-    if endpoints.fleet_keys is None:
+    unsafe_tofu = endpoints.fleet_keys is None and _is_loopback_url(endpoints.gateway_url)
+    if unsafe_tofu:
         ctx.out.say(
-            "[yellow]warning:[/yellow] no pinned fleet keys: trusting the gateway's"
-            " /v1/fleet (trust on first use)"
+            "[yellow]warning:[/yellow] no pinned fleet keys: trusting the local gateway's"
+            " /v1/fleet (trust on first use, loopback only)"
         )
     client = VaultClient(
         endpoints.gateway_url,
         token_provider(config.data_dir, user, config.token_lifetime_s),
         fleet_keys=endpoints.fleet_keys,
+        unsafe_trust_gateway_fleet_keys=unsafe_tofu,
         progress=progress,
         user_id=user,
     )

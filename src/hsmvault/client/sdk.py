@@ -75,7 +75,7 @@ from hsmvault.client.recovery_codes import (
 )
 from hsmvault.client.vault_protocol import DEFAULT_PROTOCOL_CONFIG, VaultProtocolConfig
 from hsmvault.crypto.backup_stream import BackupDecryptor, BackupEncryptor, BackupKey
-from hsmvault.errors import InvalidParameter
+from hsmvault.errors import InvalidParameter, VerificationError
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
 from hsmvault.wire.hsm_api import DEFAULT_GUESS_LIMIT, MAX_USER_ID_LEN
 
@@ -237,6 +237,7 @@ class VaultClient:
         token_provider: TokenProvider,
         *,
         fleet_keys: FleetPublicKeys | None = None,
+        unsafe_trust_gateway_fleet_keys: bool = False,
         http: httpx.Client | None = None,
         progress: ProgressCallback | None = None,
         user_id: str | None = None,
@@ -252,6 +253,7 @@ class VaultClient:
         self._http = GatewayHttp(gateway_url, token_provider, client=http)
         self._token_provider = token_provider
         self._fleet_keys = fleet_keys
+        self._unsafe_tofu = unsafe_trust_gateway_fleet_keys
         self._progress = progress
         self._user_id = user_id
         self._protocol = protocol
@@ -321,9 +323,17 @@ class VaultClient:
     # ------------------------------------------------------------ fleet keys
 
     def fleet_keys(self) -> FleetPublicKeys:
-        """The fleet public keys: the pinned ones, else ``GET /v1/fleet`` once (then
-        kept: trust on first use — see the module docstring)."""
+        """The fleet public keys: the pinned ones; else, only with
+        ``unsafe_trust_gateway_fleet_keys=True``, ``GET /v1/fleet`` once (then kept:
+        trust on first use — a lying gateway could then stand in for the fleet and
+        attack the PIN offline; see the module docstring). Without either, raises
+        :class:`~hsmvault.errors.VerificationError` before anything secret is sent."""
         if self._fleet_keys is None:
+            if not self._unsafe_tofu:
+                raise VerificationError(
+                    "no pinned fleet keys: pass fleet_keys=..., or"
+                    " unsafe_trust_gateway_fleet_keys=True for a gateway you trust"
+                )
             keys = self._retrying(self._http.fleet)
             _log.warning("using fleet keys fetched from the gateway (not pinned)")
             self._fleet_keys = keys

@@ -163,7 +163,7 @@ class _Snapshot:
     last: Entry
     before: Entry
     members: tuple[tuple[FleetMember, int], ...]
-    state: bytes
+    state: bytes = field(repr=False)  # every record and wrapped key: never in a log line
 
 
 def _encode_entry(entry: Entry) -> bytes:

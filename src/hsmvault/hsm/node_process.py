@@ -403,6 +403,11 @@ class NodeProcess:
             fresh = needs_fresh_journal(anchors, incarnation)
             return self._raft_node(signer, membership, incarnation, fresh=fresh)
         except (RollbackError, VerificationError) as exc:
+            # A failing token can look like tampering (PKCS#11 reports a bad GCM tag and
+            # a device fault with the same code). Discarding state is only right when the
+            # keys demonstrably work: otherwise stop (CustodyError) and keep everything.
+            assert self._custody is not None
+            self._custody.self_test()
             anchor = anchors.read_anchor()
             floor = max(incarnation, anchor.incarnation if anchor is not None else 0)
             new_incarnation = self._nvram.advance(floor + 1)

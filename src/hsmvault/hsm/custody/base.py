@@ -353,7 +353,7 @@ class KeyCustody(ABC):
         if self._closed:
             raise ProtocolStateError("key custody is closed")
 
-    def _self_test(self) -> None:
+    def self_test(self) -> None:
         """Check that the keys work together: the identity private key matches the public
         key we derived the node id from, and the sealing key round-trips. Raises
         CustodyError otherwise (e.g. a planted public key next to someone else's private

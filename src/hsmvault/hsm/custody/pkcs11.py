@@ -196,7 +196,7 @@ class Pkcs11Custody(KeyCustody):
                 _open_tokens.discard(registration)
             raise
         try:
-            custody._self_test()
+            custody.self_test()
         except BaseException:
             custody.close()
             raise

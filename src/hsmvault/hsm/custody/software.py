@@ -64,7 +64,7 @@ class SoftwareCustody(KeyCustody):
         custody = cls(keys)
         try:
             bind_identity(custody, nvram)
-            custody._self_test()
+            custody.self_test()
         except BaseException:
             custody.close()
             raise

@@ -23,7 +23,7 @@ from hsmvault.wire.hsm_api import (
     decode_response,
 )
 
-from .conftest import LocalFleet, restore
+from .conftest import LocalFleet, restore, wait_until
 from .vault_client import (
     WRAPPED_KEY,
     attempts_remaining,
@@ -156,6 +156,13 @@ def test_partitioned_leader_cannot_commit_and_majority_elects_a_new_one(
     # forwards queued commands to the new leader; the outcome was unknown, never "no"),
     # but at most once.
     restore(fleet5)
+    # A command the old side queued may commit just after the heal; wait until every
+    # replica shows the same count before judging it.
+    wait_until(
+        lambda: len({_record_count(fleet5, i) for i in range(5)}) == 1,
+        20.0,
+        "every replica to agree on the record count after the heal",
+    )
     counts = {_record_count(fleet5, i) for i in range(5)}
     assert len(counts) == 1
     assert counts.pop() in (records + 1, records + 2)

@@ -1,0 +1,1 @@
+"""Tests of hsmvault.transparency (Merkle proofs, signed notes, checkpoints, Plexi)."""

@@ -26,12 +26,9 @@ import psycopg
 from psycopg import pq
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError, Unavailable
+from hsmvault.host.storage import sql_common
 from hsmvault.host.storage.base import BackupMeta, UploadMeta
-from hsmvault.host.storage.validation import (
-    check_backup_id,
-    check_upload_fields,
-    check_user_id,
-)
+from hsmvault.host.storage.sql_common import Params, Row, pyformat
 
 __all__ = ["MIGRATIONS", "PostgresMetadataStore"]
 
@@ -67,19 +64,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 _MIGRATION_LOCK = 0x68736D7661756C74  # "hsmvault"
 
 _Conn = psycopg.Connection[tuple[Any, ...]]
-_Row = tuple[Any, ...]
 
 
-def _upload(row: _Row) -> UploadMeta:
-    user_id, backup_id, upload_id, blob_key, size, sha256, label, created_at = row
-    return UploadMeta(
-        bytes(user_id), backup_id, upload_id, blob_key, int(size), sha256, label, created_at
-    )
+class _PgTx:
+    """:class:`~hsmvault.host.storage.sql_common.Tx` over one connection (``?``
+    placeholders become ``%s``)."""
 
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
 
-def _backup(row: _Row) -> BackupMeta:
-    user_id, backup_id, blob_key, size, sha256, label, created_at = row
-    return BackupMeta(bytes(user_id), backup_id, blob_key, int(size), sha256, label, created_at)
+    def _run(self, sql: str, params: Params | None) -> psycopg.Cursor[Row]:
+        return self._conn.execute(pyformat(sql), params)
+
+    def execute(self, sql: str, params: Params | None = None) -> None:
+        self._run(sql, params)
+
+    def fetchone(self, sql: str, params: Params | None = None) -> Row | None:
+        return self._run(sql, params).fetchone()
+
+    def fetchall(self, sql: str, params: Params | None = None) -> list[Row]:
+        return self._run(sql, params).fetchall()
 
 
 class _Pool:
@@ -163,146 +167,49 @@ class PostgresMetadataStore:
     def _migrate(self) -> None:
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > len(MIGRATIONS):
-                raise ProtocolStateError(
-                    f"metadata schema version {version} is newer than this code ({len(MIGRATIONS)})"
-                )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement.encode())
-            if row is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))
-            else:
-                conn.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+            sql_common.migrate(_PgTx(conn), MIGRATIONS)
 
     def schema_version(self) -> int:
         with self._pool.connection() as conn:
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            row = conn.execute(sql_common.SELECT_SCHEMA_VERSION).fetchone()
         assert row is not None
         return int(row[0])
 
     # -- MetadataStore ---------------------------------------------------------------
 
     def create_upload(self, upload: UploadMeta) -> UploadMeta:
-        check_user_id(upload.user_id)
-        check_backup_id(upload.backup_id)
-        check_upload_fields(
-            upload.upload_id, upload.blob_key, upload.size, upload.sha256, upload.label
-        )
+        sql_common.check_upload(upload)
         try:
             with self._transaction((upload.user_id, upload.backup_id)) as conn:
-                row = conn.execute(
-                    "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, "
-                    "created_at FROM uploads "
-                    "WHERE user_id = %s AND backup_id = %s AND size = %s AND sha256 = %s",
-                    (upload.user_id, upload.backup_id, upload.size, upload.sha256),
-                ).fetchone()
-                if row is not None:
-                    return _upload(row)
-                conn.execute(
-                    "INSERT INTO uploads (user_id, backup_id, upload_id, blob_key, size, "
-                    "sha256, label, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        upload.user_id,
-                        upload.backup_id,
-                        upload.upload_id,
-                        upload.blob_key,
-                        upload.size,
-                        upload.sha256,
-                        upload.label,
-                        upload.created_at,
-                    ),
-                )
+                return sql_common.create_upload(_PgTx(conn), upload)
         except psycopg.errors.UniqueViolation:
             raise InvalidParameter("upload_id already used for another upload") from None
-        return upload
 
     def get_upload(self, user_id: bytes, backup_id: str, upload_id: str) -> UploadMeta | None:
         with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, "
-                "created_at FROM uploads "
-                "WHERE user_id = %s AND backup_id = %s AND upload_id = %s",
-                (user_id, backup_id, upload_id),
-            ).fetchone()
-        return None if row is None else _upload(row)
+            return sql_common.get_upload(_PgTx(conn), user_id, backup_id, upload_id)
 
     def commit_upload(self, upload: UploadMeta, committed_at: float) -> str | None:
         """Atomically make ``upload`` the backup's current version; return the replaced
         version's blob key (``None`` if there was none, or on a repeated commit).
         Raises :class:`KeyError` if the upload does not exist."""
         with self._transaction((upload.user_id, upload.backup_id)) as conn:
-            row = conn.execute(
-                "DELETE FROM uploads WHERE user_id = %s AND backup_id = %s AND upload_id = %s "
-                "RETURNING user_id, backup_id, upload_id, blob_key, size, sha256, label, "
-                "created_at",
-                (upload.user_id, upload.backup_id, upload.upload_id),
-            ).fetchone()
-            current = conn.execute(
-                "SELECT blob_key FROM backups WHERE user_id = %s AND backup_id = %s",
-                (upload.user_id, upload.backup_id),
-            ).fetchone()
-            if row is None:
-                if current is not None and current[0] == upload.blob_key:
-                    return None  # already committed (a retried commit)
-                raise KeyError(upload.upload_id)
-            stored = _upload(row)
-            if (stored.blob_key, stored.size, stored.sha256) != (
-                upload.blob_key,
-                upload.size,
-                upload.sha256,
-            ):
-                # Raising inside the transaction rolls the DELETE back.
-                raise InvalidParameter("upload does not match the stored upload")
-            conn.execute(
-                "INSERT INTO backups (user_id, backup_id, blob_key, size, sha256, label, "
-                "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (user_id, backup_id) DO UPDATE SET blob_key = EXCLUDED.blob_key, "
-                "size = EXCLUDED.size, sha256 = EXCLUDED.sha256, label = EXCLUDED.label, "
-                "created_at = EXCLUDED.created_at",
-                (
-                    stored.user_id,
-                    stored.backup_id,
-                    stored.blob_key,
-                    stored.size,
-                    stored.sha256,
-                    stored.label,
-                    committed_at,
-                ),
+            # DELETE ... RETURNING first: raising inside the transaction rolls it back.
+            return sql_common.commit_upload(
+                _PgTx(conn), upload, committed_at, delete_returning=True
             )
-        if current is None or current[0] == stored.blob_key:
-            return None
-        return str(current[0])
 
     def get_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
         with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT user_id, backup_id, blob_key, size, sha256, label, created_at "
-                "FROM backups WHERE user_id = %s AND backup_id = %s",
-                (user_id, backup_id),
-            ).fetchone()
-        return None if row is None else _backup(row)
+            return sql_common.get_backup(_PgTx(conn), user_id, backup_id)
 
     def list_backups(self, user_id: bytes) -> list[BackupMeta]:
         with self._pool.connection() as conn:
-            rows = conn.execute(
-                "SELECT user_id, backup_id, blob_key, size, sha256, label, created_at "
-                'FROM backups WHERE user_id = %s ORDER BY backup_id COLLATE "C"',
-                (user_id,),
-            ).fetchall()
-        return [_backup(r) for r in rows]
+            return sql_common.list_backups(_PgTx(conn), user_id, collate_c=True)
 
     def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
         with self._transaction((user_id, backup_id)) as conn:
-            row = conn.execute(
-                "DELETE FROM backups WHERE user_id = %s AND backup_id = %s "
-                "RETURNING user_id, backup_id, blob_key, size, sha256, label, created_at",
-                (user_id, backup_id),
-            ).fetchone()
-        return None if row is None else _backup(row)
+            return sql_common.delete_backup(_PgTx(conn), user_id, backup_id)
 
     def close(self) -> None:
         self._pool.close()

@@ -21,15 +21,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError
+from hsmvault.host.storage import sql_common
 from hsmvault.host.storage.base import BackupMeta, UploadMeta
-from hsmvault.host.storage.validation import (
-    check_backup_id,
-    check_upload_fields,
-    check_user_id,
-)
+from hsmvault.host.storage.sql_common import Params, Row
 
 __all__ = ["MIGRATIONS", "SqliteMetadataStore"]
 
@@ -61,34 +57,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-_Row = tuple[Any, ...]
 
+class _SqliteTx:
+    """:class:`~hsmvault.host.storage.sql_common.Tx` over one connection."""
 
-def _upload(row: _Row) -> UploadMeta:
-    user_id, backup_id, upload_id, blob_key, size, sha256, label, created_at = row
-    return UploadMeta(
-        user_id=bytes(user_id),
-        backup_id=str(backup_id),
-        upload_id=str(upload_id),
-        blob_key=str(blob_key),
-        size=int(size),
-        sha256=str(sha256),
-        label=str(label),
-        created_at=float(created_at),
-    )
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
 
+    def execute(self, sql: str, params: Params | None = None) -> None:
+        self._conn.execute(sql, () if params is None else params)
 
-def _backup(row: _Row) -> BackupMeta:
-    user_id, backup_id, blob_key, size, sha256, label, created_at = row
-    return BackupMeta(
-        user_id=bytes(user_id),
-        backup_id=str(backup_id),
-        blob_key=str(blob_key),
-        size=int(size),
-        sha256=str(sha256),
-        label=str(label),
-        created_at=float(created_at),
-    )
+    def fetchone(self, sql: str, params: Params | None = None) -> Row | None:
+        row: Row | None = self._conn.execute(sql, () if params is None else params).fetchone()
+        return row
+
+    def fetchall(self, sql: str, params: Params | None = None) -> list[Row]:
+        return self._conn.execute(sql, () if params is None else params).fetchall()
 
 
 class SqliteMetadataStore:
@@ -147,153 +131,43 @@ class SqliteMetadataStore:
 
     def _migrate(self) -> None:
         with self._write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > len(MIGRATIONS):
-                raise ProtocolStateError(
-                    f"metadata schema version {version} is newer than this code ({len(MIGRATIONS)})"
-                )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if row is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
-            else:
-                conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            sql_common.migrate(_SqliteTx(conn), MIGRATIONS)
 
     def schema_version(self) -> int:
-        row = self._conn().execute("SELECT version FROM schema_version").fetchone()
+        row = self._conn().execute(sql_common.SELECT_SCHEMA_VERSION).fetchone()
         return int(row[0])
 
     # -- MetadataStore ---------------------------------------------------------------
 
     def create_upload(self, upload: UploadMeta) -> UploadMeta:
-        check_user_id(upload.user_id)
-        check_backup_id(upload.backup_id)
-        check_upload_fields(
-            upload.upload_id, upload.blob_key, upload.size, upload.sha256, upload.label
-        )
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, created_at "
-                "FROM uploads WHERE user_id = ? AND backup_id = ? AND size = ? AND sha256 = ?",
-                (upload.user_id, upload.backup_id, upload.size, upload.sha256),
-            ).fetchone()
-            if row is not None:
-                return _upload(row)
-            try:
-                conn.execute(
-                    "INSERT INTO uploads (user_id, backup_id, upload_id, blob_key, size, sha256, "
-                    "label, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        upload.user_id,
-                        upload.backup_id,
-                        upload.upload_id,
-                        upload.blob_key,
-                        upload.size,
-                        upload.sha256,
-                        upload.label,
-                        upload.created_at,
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise InvalidParameter("upload_id already used for another upload") from None
-        return upload
+        sql_common.check_upload(upload)
+        try:
+            with self._write() as conn:
+                return sql_common.create_upload(_SqliteTx(conn), upload)
+        except sqlite3.IntegrityError:
+            raise InvalidParameter("upload_id already used for another upload") from None
 
     def get_upload(self, user_id: bytes, backup_id: str, upload_id: str) -> UploadMeta | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, created_at "
-                "FROM uploads WHERE user_id = ? AND backup_id = ? AND upload_id = ?",
-                (user_id, backup_id, upload_id),
-            )
-            .fetchone()
-        )
-        return None if row is None else _upload(row)
+        return sql_common.get_upload(_SqliteTx(self._conn()), user_id, backup_id, upload_id)
 
     def commit_upload(self, upload: UploadMeta, committed_at: float) -> str | None:
         """Atomically make ``upload`` the backup's current version; return the replaced
         version's blob key (``None`` if there was none, or on a repeated commit).
         Raises :class:`KeyError` if the upload does not exist."""
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT user_id, backup_id, upload_id, blob_key, size, sha256, label, created_at "
-                "FROM uploads WHERE user_id = ? AND backup_id = ? AND upload_id = ?",
-                (upload.user_id, upload.backup_id, upload.upload_id),
-            ).fetchone()
-            current = conn.execute(
-                "SELECT blob_key FROM backups WHERE user_id = ? AND backup_id = ?",
-                (upload.user_id, upload.backup_id),
-            ).fetchone()
-            if row is None:
-                if current is not None and current[0] == upload.blob_key:
-                    return None  # already committed (a retried commit)
-                raise KeyError(upload.upload_id)
-            stored = _upload(row)
-            if (stored.blob_key, stored.size, stored.sha256) != (
-                upload.blob_key,
-                upload.size,
-                upload.sha256,
-            ):
-                raise InvalidParameter("upload does not match the stored upload")
-            conn.execute(
-                "DELETE FROM uploads WHERE user_id = ? AND backup_id = ? AND upload_id = ?",
-                (stored.user_id, stored.backup_id, stored.upload_id),
+            return sql_common.commit_upload(
+                _SqliteTx(conn), upload, committed_at, delete_returning=False
             )
-            conn.execute(
-                "INSERT INTO backups (user_id, backup_id, blob_key, size, sha256, label, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (user_id, backup_id) DO UPDATE SET blob_key = excluded.blob_key, "
-                "size = excluded.size, sha256 = excluded.sha256, label = excluded.label, "
-                "created_at = excluded.created_at",
-                (
-                    stored.user_id,
-                    stored.backup_id,
-                    stored.blob_key,
-                    stored.size,
-                    stored.sha256,
-                    stored.label,
-                    committed_at,
-                ),
-            )
-        if current is None or current[0] == stored.blob_key:
-            return None
-        return str(current[0])
 
     def get_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT user_id, backup_id, blob_key, size, sha256, label, created_at "
-                "FROM backups WHERE user_id = ? AND backup_id = ?",
-                (user_id, backup_id),
-            )
-            .fetchone()
-        )
-        return None if row is None else _backup(row)
+        return sql_common.get_backup(_SqliteTx(self._conn()), user_id, backup_id)
 
     def list_backups(self, user_id: bytes) -> list[BackupMeta]:
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT user_id, backup_id, blob_key, size, sha256, label, created_at "
-                "FROM backups WHERE user_id = ? ORDER BY backup_id",
-                (user_id,),
-            )
-            .fetchall()
-        )
-        return [_backup(r) for r in rows]
+        return sql_common.list_backups(_SqliteTx(self._conn()), user_id)
 
     def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
         with self._write() as conn:
-            rows = conn.execute(
-                "DELETE FROM backups WHERE user_id = ? AND backup_id = ? "
-                "RETURNING user_id, backup_id, blob_key, size, sha256, label, created_at",
-                (user_id, backup_id),
-            ).fetchall()
-        return _backup(rows[0]) if rows else None
+            return sql_common.delete_backup(_SqliteTx(conn), user_id, backup_id)
 
     def close(self) -> None:
         with self._lock:

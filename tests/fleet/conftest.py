@@ -9,9 +9,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from pysyncobj import pickle as psy_pickle  # type: ignore[import-untyped]
 
+from hsmvault.fleet import codec
 from hsmvault.fleet.membership import FleetMember, FleetMembership, SoftwareIdentitySigner
 from hsmvault.fleet.raft_node import FleetTimings, RaftNode
 
@@ -110,3 +113,42 @@ def make_fleet() -> Iterator[Callable[[int], Fleet]]:
     for fleet in fleets:
         for i in range(len(fleet.nodes)):
             fleet.stop(i)
+
+
+@dataclass
+class PickleSpy:
+    """Records every byte string pysyncobj pickles and every one that is unpickled
+    (pysyncobj's ``pickle`` module and our in-process transcoding)."""
+
+    produced: set[bytes] = field(default_factory=set)
+    loaded: list[bytes] = field(default_factory=list)
+
+    def assert_only_local_bytes_unpickled(self) -> None:
+        """Something was unpickled, and all of it was produced in this process."""
+        assert self.loaded, "instrumentation saw no unpickling at all"
+        assert all(data in self.produced for data in self.loaded)
+
+
+@pytest.fixture
+def pickle_spy(monkeypatch: pytest.MonkeyPatch) -> PickleSpy:
+    """Instrument pickling for the duration of one test (see :class:`PickleSpy`)."""
+    spy = PickleSpy()
+    real_dumps, real_loads, real_local = psy_pickle.dumps, psy_pickle.loads, codec._unpickle_local
+
+    def dumps(obj: Any, protocol: Any = None) -> bytes:
+        out: bytes = real_dumps(obj)
+        spy.produced.add(out)
+        return out
+
+    def loads(data: bytes) -> Any:
+        spy.loaded.append(bytes(data))
+        return real_loads(data)
+
+    def local(data: bytes) -> Any:
+        spy.loaded.append(bytes(data))
+        return real_local(data)
+
+    monkeypatch.setattr(psy_pickle, "dumps", dumps)
+    monkeypatch.setattr(psy_pickle, "loads", loads)
+    monkeypatch.setattr(codec, "_unpickle_local", local)
+    return spy

@@ -14,12 +14,11 @@ import pytest
 from pysyncobj import pickle as psy_pickle  # type: ignore[import-untyped]
 
 from hsmvault.errors import InvalidParameter, Unavailable
-from hsmvault.fleet import codec
 from hsmvault.fleet.codec import MAX_COMMAND_SIZE
 from hsmvault.fleet.membership import SoftwareIdentitySigner, node_id_for
 from hsmvault.fleet.secure_link import MSG1_LEN, HandshakeInitiator
 
-from .conftest import LOOPBACK, Fleet, make_membership, wait_for
+from .conftest import LOOPBACK, Fleet, PickleSpy, make_membership, wait_for
 
 MakeFleet = Callable[[int], Fleet]
 
@@ -68,32 +67,8 @@ def _read_until_closed(sock: socket.socket, timeout: float) -> bytes:
 
 
 def test_three_nodes_commit_and_all_replicas_agree(
-    make_fleet: MakeFleet, monkeypatch: pytest.MonkeyPatch
+    make_fleet: MakeFleet, pickle_spy: PickleSpy
 ) -> None:
-    # Instrument pysyncobj's pickle module and our local transcoding: every byte string
-    # ever unpickled must have been produced by dumps in this process.
-    produced: set[bytes] = set()
-    loaded: list[bytes] = []
-    real_dumps, real_loads = psy_pickle.dumps, psy_pickle.loads
-    real_local = codec._unpickle_local
-
-    def dumps(obj: Any, protocol: Any = None) -> bytes:
-        out: bytes = real_dumps(obj)
-        produced.add(out)
-        return out
-
-    def loads(data: bytes) -> Any:
-        loaded.append(bytes(data))
-        return real_loads(data)
-
-    def local(data: bytes) -> Any:
-        loaded.append(bytes(data))
-        return real_local(data)
-
-    monkeypatch.setattr(psy_pickle, "dumps", dumps)
-    monkeypatch.setattr(psy_pickle, "loads", loads)
-    monkeypatch.setattr(codec, "_unpickle_local", local)
-
     fleet = make_fleet(3)
     _start_all(fleet)
     leader = fleet.leader()
@@ -107,8 +82,7 @@ def test_three_nodes_commit_and_all_replicas_agree(
         b"via leader %d" % i for i in range(10)
     ]
     wait_for(lambda: all(r.snapshot() == expected for r in fleet.replicas), 5.0, "replication")
-    assert loaded, "instrumentation saw no unpickling at all"
-    assert all(data in produced for data in loaded)
+    pickle_spy.assert_only_local_bytes_unpickled()
 
 
 def test_fleet_survives_one_loss_and_refuses_without_majority(make_fleet: MakeFleet) -> None:

@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj import pickle as psy_pickle  # type: ignore[import-untyped]
 
 from hsmvault.errors import InvalidParameter, RollbackError, Unavailable, VerificationError
-from hsmvault.fleet import codec
 from hsmvault.fleet.journal import FileAnchorStore, JournalConfig
 from hsmvault.fleet.membership import SoftwareIdentitySigner
 from hsmvault.fleet.raft_node import RaftNode
 from hsmvault.hsm.custody.software import SoftwareCustody
 from hsmvault.hsm.nvram import SoftwareKeyMaterial
 
-from .conftest import Replica, make_membership, wait_for
+from .conftest import PickleSpy, Replica, make_membership, wait_for
 
 FORMATION_INCARNATION = 1
 
@@ -124,30 +122,7 @@ def wait_replicas(fleet: PersistentFleet, expected: list[bytes], indexes: list[i
     )
 
 
-def test_whole_fleet_restarts_from_its_sealed_journals(
-    fleets: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    produced: set[bytes] = set()
-    loaded: list[bytes] = []
-    real_dumps, real_loads, real_local = psy_pickle.dumps, psy_pickle.loads, codec._unpickle_local
-
-    def dumps(obj: Any, protocol: Any = None) -> bytes:
-        out: bytes = real_dumps(obj)
-        produced.add(out)
-        return out
-
-    def loads(data: bytes) -> Any:
-        loaded.append(bytes(data))
-        return real_loads(data)
-
-    def local(data: bytes) -> Any:
-        loaded.append(bytes(data))
-        return real_local(data)
-
-    monkeypatch.setattr(psy_pickle, "dumps", dumps)
-    monkeypatch.setattr(psy_pickle, "loads", loads)
-    monkeypatch.setattr(codec, "_unpickle_local", local)
-
+def test_whole_fleet_restarts_from_its_sealed_journals(fleets: Any, pickle_spy: PickleSpy) -> None:
     fleet: PersistentFleet = fleets(3)
     start_all(fleet)
     leader = fleet.leader()
@@ -163,8 +138,7 @@ def test_whole_fleet_restarts_from_its_sealed_journals(
     wait_replicas(fleet, written, [0, 1, 2])
     submit(fleet.leader(), b"after restart")
     wait_replicas(fleet, [*written, b"after restart"], [0, 1, 2])
-    assert loaded, "instrumentation saw no unpickling at all"
-    assert all(data in produced for data in loaded)
+    pickle_spy.assert_only_local_bytes_unpickled()
 
 
 def test_five_nodes_three_killed_refuse_then_lose_nothing(fleets: Any) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj import pickle as psy_pickle  # type: ignore[import-untyped]
 
 from hsmvault.errors import (
     DecodeError,
@@ -30,7 +29,7 @@ from hsmvault.fleet.snapshots import SNAPSHOT_FILE, SnapshotConfig
 from hsmvault.hsm.custody.software import SoftwareCustody
 from hsmvault.hsm.nvram import SoftwareKeyMaterial
 
-from .conftest import make_membership, wait_for
+from .conftest import PickleSpy, make_membership, wait_for
 
 INCARNATION = 1
 
@@ -189,29 +188,8 @@ def test_restart_restores_from_sealed_snapshot_and_journal_tail(fleets: Any) -> 
 
 
 def test_lagging_follower_catches_up_from_the_leaders_snapshot(
-    fleets: Any, monkeypatch: pytest.MonkeyPatch
+    fleets: Any, pickle_spy: PickleSpy
 ) -> None:
-    produced: set[bytes] = set()
-    loaded: list[bytes] = []
-    real_dumps, real_loads, real_local = psy_pickle.dumps, psy_pickle.loads, codec._unpickle_local
-
-    def dumps(obj: Any, protocol: Any = None) -> bytes:
-        out: bytes = real_dumps(obj)
-        produced.add(out)
-        return out
-
-    def loads(data: bytes) -> Any:
-        loaded.append(bytes(data))
-        return real_loads(data)
-
-    def local(data: bytes) -> Any:
-        loaded.append(bytes(data))
-        return real_local(data)
-
-    monkeypatch.setattr(psy_pickle, "dumps", dumps)
-    monkeypatch.setattr(psy_pickle, "loads", loads)
-    monkeypatch.setattr(codec, "_unpickle_local", local)
-
     fleet: SnapshotFleet = fleets(3)
     for i in range(3):
         fleet.start(i, fresh=True)
@@ -226,8 +204,7 @@ def test_lagging_follower_catches_up_from_the_leaders_snapshot(
     fleet.start(2)  # resumes from its (older, valid) journal; the leader sends a snapshot
     converged(fleet, [*written, b"tail"], [0, 1, 2])
     assert fleet.machines[2].restores == 1
-    assert loaded
-    assert all(data in produced for data in loaded)
+    pickle_spy.assert_only_local_bytes_unpickled()
 
 
 def _compacted_and_stopped(fleets: Any) -> tuple[SnapshotFleet, Path]:

@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests need (installed with apt-get when absent).
-DEB_PACKAGES := libsodium23 softhsm2 postgresql
+DEB_PACKAGES := libsodium23 softhsm2 postgresql chromium
 
 .PHONY: test lint typecheck contracts pytest demo up bench deps venv clean
 

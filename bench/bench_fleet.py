@@ -7,7 +7,10 @@ For each fleet size it forms a fleet (:func:`hsmvault.fleet.formation.form_fleet
 software custody, in a temporary directory — ``--dir`` to choose where, since every
 node fsyncs its sealed Raft journal and NVRAM anchor), starts one ``python -m
 hsmvault.hsm.node_process`` per node (no fault proxies: nodes dial each other directly on
-127.0.0.1) and drives it from this process through :class:`FleetClient`:
+127.0.0.1) and drives it from this process through :class:`FleetClient`, with the
+device's side of the protocol from :mod:`hsmvault.client.vault_protocol` (pinned fleet
+keys: every start response's fleet signature is verified, uploads sealed to the pinned
+``enc`` key, the backup key wrapped and unwrapped as a real device does):
 
 1. **throughput** — ``C`` client threads (default 16: the machine has 2 cores, shared by
    the nodes *and* this client) run whole OPAQUE registrations (RegistrationStart +
@@ -56,37 +59,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from hsmvault.crypto.fleet_seal import PURPOSE_REGISTRATION_UPLOAD, seal_to_fleet
+from hsmvault.client import vault_protocol
+from hsmvault.client.fleet_trust import FleetTrust, PinnedFleetTrust
+from hsmvault.crypto.backup_stream import BackupKey
 from hsmvault.crypto.ksf import Argon2idKsf, KsfAlgorithm, KsfParams
-from hsmvault.crypto.opaque import (
-    KE2,
-    OpaqueClient,
-    OpaqueConfig,
-    OpaqueServer,
-    RegistrationResponse,
-)
-from hsmvault.crypto.session_box import LABEL_WRAPPED_KEY, open_from_session
-from hsmvault.errors import Unavailable
+from hsmvault.crypto.opaque import OpaqueClient, OpaqueConfig, OpaqueServer
+from hsmvault.errors import Unavailable, VaultError
 from hsmvault.fleet.formation import FleetLayout, form_fleet
 from hsmvault.host.fleet_client import FleetClient, FleetClientConfig
 from hsmvault.wire.hsm_api import (
     LoginFinishRequest,
-    LoginFinishResponse,
-    LoginStartRequest,
     LoginStartResponse,
-    Outcome,
     RegisterRequest,
-    RegisterResponse,
-    RegistrationStartRequest,
-    RegistrationStartResponse,
-    RegistrationUpload,
-    upload_context,
+    decode_request,
 )
 
 TINY_KSF = Argon2idKsf(KsfParams(KsfAlgorithm.ARGON2ID, memory_kib=8, iterations=1, parallelism=1))
 CONFIG = OpaqueConfig(ksf=TINY_KSF)
+PROTOCOL = vault_protocol.VaultProtocolConfig(
+    enrolment_ksf=TINY_KSF.params, ksf_policy=vault_protocol.KsfPolicy(floor=TINY_KSF.params)
+)
 PASSWORD = b"correct horse battery staple"
-WRAPPED_KEY = bytes(range(48))  # the size of a wrapped 32-byte key with its AEAD overhead
+BACKUP_KEY = BackupKey.generate()  # escrowed for every user (each wrapped under its own login)
 START_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -130,9 +124,9 @@ class Fleet:
         return len(self.layout.nodes)
 
     @property
-    def enc_key(self) -> bytes:
-        """The fleet's ``enc`` public key (clients seal registration uploads to it)."""
-        return self.layout.public_keys.enc_public_key
+    def trust(self) -> FleetTrust:
+        """Pinned trust in the fleet's published public keys."""
+        return PinnedFleetTrust(self.layout.public_keys)
 
     def start(self, i: int) -> None:
         node = self.layout.nodes[i]
@@ -263,72 +257,56 @@ class OpFailed(Exception):
     """A benchmark operation got no OK answer."""
 
 
-def register(client: FleetClient, enc_key: bytes, user_id: bytes, prefer: int | None) -> float:
-    """A whole registration (the upload sealed to the fleet's ``enc_key``); returns the
-    monotonic time the Register request was sent."""
-    opaque = OpaqueClient(CONFIG)
-    request, state = opaque.start_registration(PASSWORD)
-    start = client.call(
-        RegistrationStartRequest(user_id, request.to_bytes()).to_bytes(), prefer=prefer
-    )
-    if not isinstance(start.response, RegistrationStartResponse) or (
-        start.response.outcome is not Outcome.OK
-    ):
-        raise OpFailed("RegistrationStart")
-    result = opaque.finish_registration(
-        state, RegistrationResponse.from_bytes(start.response.registration_response)
-    )
-    nonce = start.response.credential_nonce
-    upload = RegistrationUpload(
-        registration_record=result.record.to_bytes(),
-        ksf_params=TINY_KSF.params.to_bytes(),
-        wrapped_key=WRAPPED_KEY,
-    )
-    final = RegisterRequest(
-        user_id=user_id,
-        credential_nonce=nonce,
-        sealed_upload=seal_to_fleet(
-            enc_key,
-            upload.to_bytes(),
-            purpose=PURPOSE_REGISTRATION_UPLOAD,
-            context=upload_context(user_id, nonce),
-        ),
-        guess_limit=10,
-    ).to_bytes()
-    sent = time.monotonic()
-    answer = client.call(final, prefer=prefer)
-    if not isinstance(answer.response, RegisterResponse) or answer.response.outcome is not (
-        Outcome.OK
-    ):
-        raise OpFailed("Register")
-    return sent
+class _Route:
+    """The transport of one flow over ``client``: every request goes to ``prefer`` (with
+    failover) except ``LoginFinish``, which goes only to the node that answered
+    ``LoginStart`` (its session lives there). Notes when ``Register`` was sent."""
+
+    def __init__(self, client: FleetClient, prefer: int | None) -> None:
+        self.client = client
+        self.prefer = prefer
+        self.session_node: int | None = None
+        self.register_sent = float("nan")
+
+    def __call__(self, request: bytes) -> bytes:
+        decoded = decode_request(request)
+        if isinstance(decoded, LoginFinishRequest):
+            return self.client.call(request, prefer=self.session_node, failover=False).raw
+        if isinstance(decoded, RegisterRequest):
+            self.register_sent = time.monotonic()
+        answer = self.client.call(request, prefer=self.prefer)
+        if isinstance(answer.response, LoginStartResponse):
+            self.session_node = answer.node
+        return answer.raw
 
 
-def recover(client: FleetClient, user_id: bytes, prefer: int | None) -> None:
-    """A whole login (LoginStart with failover, LoginFinish on the same node) that opens
-    the wrapped key."""
-    opaque = OpaqueClient(CONFIG)
-    ke1, state = opaque.start_login(PASSWORD)
-    start = client.call(LoginStartRequest(user_id, ke1.to_bytes()).to_bytes(), prefer=prefer)
-    if not isinstance(start.response, LoginStartResponse) or start.response.outcome is not (
-        Outcome.OK
-    ):
-        raise OpFailed("LoginStart")
-    result = opaque.finish_login(state, KE2.from_bytes(start.response.ke2))
-    finish = client.call(
-        LoginFinishRequest(start.response.session_id, result.ke3.to_bytes()).to_bytes(),
-        prefer=start.node,
-        failover=False,
-    )
-    if not isinstance(finish.response, LoginFinishResponse) or finish.response.outcome is not (
-        Outcome.OK
-    ):
-        raise OpFailed("LoginFinish")
-    key = open_from_session(
-        result.session_key, finish.response.sealed_wrapped_key, label=LABEL_WRAPPED_KEY
-    )
-    if key != WRAPPED_KEY:
-        raise OpFailed("wrapped key mismatch")
+def register(client: FleetClient, trust: FleetTrust, user_id: bytes, prefer: int | None) -> float:
+    """A whole enrolment (:func:`vault_protocol.enroll`: RegistrationStart, fleet
+    signature checked, Register with the upload sealed to the trusted ``enc`` key);
+    returns the monotonic time the Register request was sent."""
+    route = _Route(client, prefer)
+    try:
+        vault_protocol.enroll(route, user_id, PASSWORD, BACKUP_KEY, trust, config=PROTOCOL)
+    except Unavailable:
+        raise
+    except VaultError as exc:
+        raise OpFailed(type(exc).__name__) from None
+    return route.register_sent
+
+
+def recover(client: FleetClient, trust: FleetTrust, user_id: bytes, prefer: int | None) -> None:
+    """A whole recovery (:func:`vault_protocol.recover`: LoginStart with failover, fleet
+    signature checked, LoginFinish on the same node) that unwraps the backup key."""
+    try:
+        key = vault_protocol.recover(
+            _Route(client, prefer), user_id, PASSWORD, trust, config=PROTOCOL
+        )
+    except Unavailable:
+        raise
+    except VaultError as exc:
+        raise OpFailed(type(exc).__name__) from None
+    if key != BACKUP_KEY:
+        raise OpFailed("backup key mismatch")
 
 
 @dataclass(frozen=True)
@@ -463,7 +441,7 @@ def measure_failover(fleet: Fleet, prefix: str, threads: int = 4) -> float:
         while not stop.is_set():
             user = f"{prefix}-{next(counter)}".encode()
             try:
-                sent = register(client, fleet.enc_key, user, None)
+                sent = register(client, fleet.trust, user, None)
             except (OpFailed, Unavailable):
                 continue
             done = time.monotonic()
@@ -535,7 +513,7 @@ def bench_fleet(
         report.serial = run_load(
             fleet,
             "registration, 1 client thread",
-            lambda _t, k: register(fleet.client, fleet.enc_key, f"s-{k}".encode(), leader),
+            lambda _t, k: register(fleet.client, fleet.trust, f"s-{k}".encode(), leader),
             threads=1,
             seconds=min(5.0, args.seconds),
             max_ops=10**6,
@@ -550,7 +528,7 @@ def bench_fleet(
 
             def reg(_t: int, k: int, r: int = r) -> None:
                 user = f"r{r}-{k}".encode()
-                register(fleet.client, fleet.enc_key, user, target(k))
+                register(fleet.client, fleet.trust, user, target(k))
                 with users_lock:
                     users.append(user)
 
@@ -570,7 +548,9 @@ def bench_fleet(
                 # thread t only logs in as users t, t + C, ...: never two logins of
                 # one user at once (each holds a guess until LoginFinish)
                 slots = max(1, len(pool) // args.concurrency)
-                recover(fleet.client, pool[t + args.concurrency * (k % slots)], target(k))
+                recover(
+                    fleet.client, fleet.trust, pool[t + args.concurrency * (k % slots)], target(k)
+                )
 
             report.recoveries.append(
                 run_load(
@@ -606,7 +586,7 @@ def bench_fleet(
             for s in range(2):
 
                 def mem_reg(_t: int, k: int, s: int = s) -> None:
-                    register(fleet.client, fleet.enc_key, f"m{s}-{k}".encode(), target(k))
+                    register(fleet.client, fleet.trust, f"m{s}-{k}".encode(), target(k))
 
                 loaded = run_load(
                     fleet,

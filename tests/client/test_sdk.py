@@ -31,12 +31,21 @@ from hsmvault.client.errors import (
     Unavailable,
     UploadOffsetMismatch,
 )
+from hsmvault.client.fleet_trust import PinnedFleetTrust
 from hsmvault.client.keystore import DeviceKeystore
 from hsmvault.client.recovery_codes import Pin
 from hsmvault.client.sdk import Progress, RetryPolicy, VaultClient
 from hsmvault.crypto.backup_stream import BackupKey
-from hsmvault.errors import TruncatedBackupError, VerificationError, WrongKeyError
-from tests.client.test_vault_protocol import CONFIG, FLEET, Node
+from hsmvault.errors import (
+    InvalidParameter,
+    TruncatedBackupError,
+    VerificationError,
+    WrongKeyError,
+)
+from hsmvault.fleet.fleet_keys import FleetPublicKeys
+from hsmvault.transparency.errors import FleetKeyMismatch
+from hsmvault.wire import hsm_api as api
+from tests.client.test_vault_protocol import CONFIG, FLEET, OTHER_FLEET, Node
 
 URL = "https://gateway.test"
 
@@ -425,6 +434,69 @@ def test_a_mistyped_recovery_code_costs_no_guess() -> None:
     with pytest.raises(RecoveryCodeError):
         client.recover(typo)
     assert client.attempts_remaining() == 10
+
+
+class RecordingTrust:
+    """Pinned trust that records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+
+    def session_keys(
+        self, fleet_id: bytes, request: bytes, bundle: bytes, fleet_signature: bytes
+    ) -> FleetPublicKeys:
+        self.asked.append(request)
+        return PinnedFleetTrust(FLEET.public()).session_keys(
+            fleet_id, request, bundle, fleet_signature
+        )
+
+
+def test_key_protection_with_a_fleet_trust_checks_every_session() -> None:
+    node = Node()
+    trust = RecordingTrust()
+    client = VaultClient(
+        URL,
+        lambda: TOKEN,
+        fleet_trust=trust,
+        http=httpx.Client(transport=httpx.MockTransport(FakeGateway(node))),
+        protocol=CONFIG,
+    )
+    bk = BackupKey.generate()
+    client.protect_with_pin("482916", bk)
+    assert client.recover("482916") == bk
+    assert client.change_secret("482916", Pin("135790")) == bk
+    client.disable_escrow("135790")
+    starts = [api.decode_request(r) for r in trust.asked]
+    assert [type(r).__name__ for r in starts] == [
+        "RegistrationStartRequest",  # enrol
+        "LoginStartRequest",  # recover
+        "LoginStartRequest",  # change secret: login ...
+        "RegistrationStartRequest",  # ... and the new registration
+        "LoginStartRequest",  # disable escrow
+    ]
+    assert "RecordingTrust" in repr(client)
+    with pytest.raises(VerificationError):
+        client.fleet_keys()  # only per-session keys with a fleet trust
+
+
+def test_a_fleet_that_fails_the_trust_check_gets_nothing_more() -> None:
+    node = Node(keys=OTHER_FLEET)  # a genuine fleet, but not the pinned one
+    gateway = FakeGateway(node)
+    client, _ = client_for(gateway)
+    with pytest.raises(FleetKeyMismatch):
+        client.protect_with_pin("482916", BackupKey.generate())
+    assert [type(r) for r in node.sent] == [api.RegistrationStartRequest]
+    assert node.fleet.state().record(b"alice") is None
+
+
+def test_fleet_keys_and_fleet_trust_are_exclusive() -> None:
+    with pytest.raises(InvalidParameter):
+        VaultClient(
+            URL,
+            lambda: TOKEN,
+            fleet_keys=FLEET.public(),
+            fleet_trust=PinnedFleetTrust(FLEET.public()),
+        )
 
 
 def test_protect_with_password_applies_the_policy() -> None:

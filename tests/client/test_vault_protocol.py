@@ -6,9 +6,11 @@ keeps the client fast; the client's KSF floor is lowered to match, explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hsmvault.client import vault_protocol as vp
 from hsmvault.client.errors import (
@@ -18,13 +20,17 @@ from hsmvault.client.errors import (
     RequestRefused,
     Unavailable,
 )
+from hsmvault.client.fleet_trust import PinnedFleetTrust
 from hsmvault.client.recovery_codes import Password, Pin, RecoveryCode, VaultSecret
 from hsmvault.crypto.backup_stream import BackupKey
 from hsmvault.crypto.ksf import KsfAlgorithm, KsfParams
+from hsmvault.crypto.opaque import OpaqueClient
 from hsmvault.errors import DecodeError, InvalidParameter, LockedOut, VerificationError
 from hsmvault.fleet.fleet_keys import FleetPublicKeys, FleetSecretKeys
 from hsmvault.hsm.vault_service import VaultService, VaultServiceConfig
+from hsmvault.transparency.errors import FleetKeyMismatch
 from hsmvault.wire import hsm_api as api
+from hsmvault.wire.fleet_session import fleet_session_message
 from tests.hsm.sim import InstantConsensus
 
 TINY = KsfParams(KsfAlgorithm.ARGON2ID, memory_kib=8, iterations=1, parallelism=1)
@@ -32,18 +38,30 @@ CONFIG = vp.VaultProtocolConfig(enrolment_ksf=TINY, ksf_policy=vp.KsfPolicy(floo
 ALICE = b"alice"
 FLEET = FleetSecretKeys.generate()
 OTHER_FLEET = FleetSecretKeys.generate()
+TRUST = PinnedFleetTrust(FLEET.public())
 
 
 class Node:
-    """One node of an in-process fleet, and the transport to it."""
+    """One node of an in-process fleet of ``keys``, and the transport to it.
+    ``opaque_keys`` (default ``keys``) serve OPAQUE: another fleet's for a node that is
+    not what it claims."""
 
-    def __init__(self, *, replicas: int = 3, **config: object) -> None:
+    def __init__(
+        self,
+        *,
+        replicas: int = 3,
+        keys: FleetSecretKeys = FLEET,
+        opaque_keys: FleetSecretKeys | None = None,
+        **config: object,
+    ) -> None:
         self.fleet = InstantConsensus(replicas)
         defaults: dict[str, object] = {"unknown_user_ksf_params": TINY}
         self.service = VaultService(
-            FLEET.opaque_server(),
+            (opaque_keys or keys).opaque_server(),
             self.fleet,
-            upload_key=FLEET.enc_private(),
+            upload_key=keys.enc_private(),
+            fleet_id=keys.fleet_id,
+            signing_key=keys.sig_private(),
             config=VaultServiceConfig(**(defaults | config)),  # type: ignore[arg-type]
         )
         self.sent: list[api.Request] = []
@@ -58,7 +76,7 @@ class Node:
         vp.enroll(self.send, user, secret, bk, FLEET.public(), config=CONFIG, **kw)  # type: ignore[arg-type]
 
     def recover(self, secret: VaultSecret | bytes, *, user: bytes = ALICE) -> BackupKey:
-        return vp.recover(self.send, user, secret, config=CONFIG)
+        return vp.recover(self.send, user, secret, TRUST, config=CONFIG)
 
 
 @pytest.fixture
@@ -160,7 +178,7 @@ def test_change_secret_with_a_wrong_old_secret_changes_nothing(node: Node) -> No
 
 def test_disable_escrow_deletes_the_record(node: Node) -> None:
     node.enroll(Pin("482916"), BackupKey.generate())
-    vp.delete_escrow(node.send, ALICE, Pin("482916"), config=CONFIG)
+    vp.delete_escrow(node.send, ALICE, Pin("482916"), TRUST, config=CONFIG)
     assert node.fleet.state().record(ALICE) is None
     with pytest.raises(InvalidLogin) as exc:  # now an unknown user: indistinguishable
         node.recover(Pin("482916"))
@@ -170,7 +188,7 @@ def test_disable_escrow_deletes_the_record(node: Node) -> None:
 def test_disable_escrow_needs_the_secret(node: Node) -> None:
     node.enroll(Pin("482916"), BackupKey.generate())
     with pytest.raises(InvalidLogin):
-        vp.delete_escrow(node.send, ALICE, Pin("000000"), config=CONFIG)
+        vp.delete_escrow(node.send, ALICE, Pin("000000"), TRUST, config=CONFIG)
     assert node.fleet.state().record(ALICE) is not None
 
 
@@ -192,7 +210,7 @@ def test_unavailable_fleet_is_reported(node: Node) -> None:
 def test_ksf_parameters_below_the_floor_are_refused_at_login(node: Node) -> None:
     node.enroll(Pin("482916"), BackupKey.generate())
     with pytest.raises(KsfParametersRefused, match="floor"):
-        vp.recover(node.send, ALICE, Pin("482916"))  # default policy: m >= 19 MiB, t >= 2
+        vp.recover(node.send, ALICE, Pin("482916"), TRUST)  # default policy: m >= 19 MiB, t >= 2
 
 
 def test_a_relay_that_inflates_ksf_parameters_is_refused(node: Node) -> None:
@@ -202,17 +220,12 @@ def test_a_relay_that_inflates_ksf_parameters_is_refused(node: Node) -> None:
     def tamper(request: bytes) -> bytes:
         response = api.decode_response(node.send(request))
         if isinstance(response, api.LoginStartResponse) and response.outcome is api.Outcome.OK:
-            response = api.LoginStartResponse(
-                api.Outcome.OK,
-                response.session_id,
-                response.ke2,
-                huge.to_bytes(),
-                response.attempts_remaining,
-            )
+            # the fleet signature covers the request and bundle, not the KSF parameters
+            response = dataclasses.replace(response, ksf_params=huge.to_bytes())
         return response.to_bytes()
 
     with pytest.raises(KsfParametersRefused, match="ceiling"):
-        vp.recover(tamper, ALICE, Pin("482916"), config=CONFIG)
+        vp.recover(tamper, ALICE, Pin("482916"), TRUST, config=CONFIG)
 
 
 def test_identity_ksf_only_with_the_unsafe_flag() -> None:
@@ -236,23 +249,41 @@ def test_identity_ksf_only_with_the_unsafe_flag() -> None:
     )
     bk = BackupKey.generate()
     vp.enroll(node.send, ALICE, b"1234", bk, FLEET.public(), config=unsafe)
-    assert vp.recover(node.send, ALICE, b"1234", config=unsafe) == bk
+    assert vp.recover(node.send, ALICE, b"1234", TRUST, config=unsafe) == bk
     with pytest.raises(KsfParametersRefused):
-        vp.recover(node.send, ALICE, b"1234", config=CONFIG)
+        vp.recover(node.send, ALICE, b"1234", TRUST, config=CONFIG)
 
 
-def test_enrolment_refuses_a_node_with_another_fleets_key(node: Node) -> None:
+def test_enrolment_refuses_a_node_with_another_fleets_ake_key() -> None:
+    # the node signs as FLEET (so the trust check passes) but answers OPAQUE with
+    # OTHER_FLEET's AKE key: the comparison with the trusted key refuses it
+    impostor = Node(opaque_keys=OTHER_FLEET)
     with pytest.raises(VerificationError, match="AKE"):
-        vp.enroll(
-            node.send, ALICE, b"1234", BackupKey.generate(), OTHER_FLEET.public(), config=CONFIG
-        )
+        vp.enroll(impostor.send, ALICE, b"1234", BackupKey.generate(), TRUST, config=CONFIG)
+    assert [type(r) for r in impostor.sent] == [api.RegistrationStartRequest]  # no upload
+    assert impostor.fleet.state().record(ALICE) is None
+
+
+def test_enrolment_compares_with_the_key_the_trust_returned(node: Node) -> None:
+    public = FLEET.public()
+    other_ake = FleetPublicKeys(
+        public.fleet_id,
+        OTHER_FLEET.public().ake_public_key,
+        public.enc_public_key,
+        public.sig_public_key,
+    )
+    with pytest.raises(VerificationError, match="AKE"):
+        vp.enroll(node.send, ALICE, b"1234", BackupKey.generate(), other_ake, config=CONFIG)
     assert node.fleet.state().record(ALICE) is None
 
 
 def test_an_upload_sealed_to_another_enc_key_is_refused_by_the_node(node: Node) -> None:
     public = FLEET.public()
     wrong_enc = FleetPublicKeys(
-        public.fleet_id, public.ake_public_key, OTHER_FLEET.public().enc_public_key
+        public.fleet_id,
+        public.ake_public_key,
+        OTHER_FLEET.public().enc_public_key,
+        public.sig_public_key,
     )
     with pytest.raises(RequestRefused):
         vp.enroll(node.send, ALICE, b"1234", BackupKey.generate(), wrong_enc, config=CONFIG)
@@ -272,4 +303,172 @@ def test_arguments_are_checked_before_anything_is_sent(node: Node) -> None:
         node.enroll(b"1234", BackupKey.generate(), user=b"")
     with pytest.raises(InvalidParameter):
         node.enroll(b"", BackupKey.generate())
+    assert node.sent == []
+
+
+# ------------------------------------------------------------------ fleet trust (ADR 0010)
+
+
+class Relay:
+    """A hostile relay in front of ``node``: ``rewrite`` may change start responses."""
+
+    def __init__(self, node: Node, rewrite: Callable[[bytes, api.Response], api.Response]) -> None:
+        self.node = node
+        self.rewrite = rewrite
+        self.sent: list[api.Request] = []
+
+    def send(self, request: bytes) -> bytes:
+        self.sent.append(api.decode_request(request))
+        response = api.decode_response(self.node.send(request))
+        starts = api.RegistrationStartResponse | api.LoginStartResponse
+        if isinstance(response, starts) and response.outcome is api.Outcome.OK:
+            response = self.rewrite(request, response)
+        return response.to_bytes()
+
+
+def _tamper_signature(_: bytes, response: api.Response) -> api.Response:
+    assert isinstance(response, api.RegistrationStartResponse | api.LoginStartResponse)
+    signature = bytearray(response.fleet_signature)
+    signature[0] ^= 1
+    return dataclasses.replace(response, fleet_signature=bytes(signature))
+
+
+def _other_fleet_id(_: bytes, response: api.Response) -> api.Response:
+    assert isinstance(response, api.RegistrationStartResponse | api.LoginStartResponse)
+    return dataclasses.replace(response, fleet_id=OTHER_FLEET.fleet_id)
+
+
+def _swap_bundle(_: bytes, response: api.Response) -> api.Response:
+    assert isinstance(response, api.RegistrationStartResponse | api.LoginStartResponse)
+    return dataclasses.replace(response, bundle=b"another bundle")
+
+
+class Replayer:
+    """Answers every start with a signed answer recorded for an earlier request."""
+
+    def __init__(self) -> None:
+        self.recorded: dict[type, api.Response] = {}
+
+    def record(self, request: bytes, response: api.Response) -> api.Response:
+        self.recorded[type(response)] = response
+        return response
+
+    def replay(self, _: bytes, response: api.Response) -> api.Response:
+        old = self.recorded[type(response)]
+        assert old != response
+        return old
+
+
+REWRITES = {
+    "tampered signature": _tamper_signature,
+    "another fleet id": _other_fleet_id,
+    "swapped bundle": _swap_bundle,
+}
+
+
+@pytest.mark.parametrize("name", sorted(REWRITES))
+def test_a_start_that_fails_the_trust_check_stops_enrolment(name: str) -> None:
+    relay = Relay(Node(), REWRITES[name])
+    with pytest.raises(FleetKeyMismatch):
+        vp.enroll(relay.send, ALICE, b"1234", BackupKey.generate(), TRUST, config=CONFIG)
+    assert [type(r) for r in relay.sent] == [api.RegistrationStartRequest]  # nothing further
+    assert relay.node.fleet.state().record(ALICE) is None
+
+
+@pytest.mark.parametrize("name", sorted(REWRITES))
+def test_a_start_that_fails_the_trust_check_stops_a_login(name: str) -> None:
+    node = Node()
+    node.enroll(Pin("482916"), BackupKey.generate())
+    relay = Relay(node, REWRITES[name])
+    with pytest.raises(FleetKeyMismatch):
+        vp.recover(relay.send, ALICE, Pin("482916"), TRUST, config=CONFIG)
+    assert [type(r) for r in relay.sent] == [api.LoginStartRequest]  # not even a closing KE3
+    with pytest.raises(FleetKeyMismatch):
+        vp.delete_escrow(relay.send, ALICE, Pin("482916"), TRUST, config=CONFIG)
+    assert node.fleet.state().record(ALICE) is not None
+
+
+def test_a_signed_answer_replayed_for_another_request_is_refused() -> None:
+    node = Node()
+    replayer = Replayer()
+    recording = Relay(node, replayer.record)
+    vp.enroll(recording.send, ALICE, b"1234", BackupKey.generate(), TRUST, config=CONFIG)
+    vp.recover(recording.send, ALICE, b"1234", TRUST, config=CONFIG)
+    replaying = Relay(node, replayer.replay)
+    with pytest.raises(FleetKeyMismatch):
+        vp.enroll(replaying.send, b"bob", b"1234", BackupKey.generate(), TRUST, config=CONFIG)
+    with pytest.raises(FleetKeyMismatch):
+        vp.recover(replaying.send, ALICE, b"1234", TRUST, config=CONFIG)
+    assert [type(r) for r in replaying.sent] == [
+        api.RegistrationStartRequest,
+        api.LoginStartRequest,
+    ]
+
+
+class TwoFleets:
+    """Trusts FLEET and OTHER_FLEET (each pinned)."""
+
+    def session_keys(
+        self, fleet_id: bytes, request: bytes, bundle: bytes, fleet_signature: bytes
+    ) -> FleetPublicKeys:
+        keys = OTHER_FLEET if fleet_id == OTHER_FLEET.fleet_id else FLEET
+        return PinnedFleetTrust(keys.public()).session_keys(
+            fleet_id, request, bundle, fleet_signature
+        )
+
+
+def test_change_secret_refuses_a_registration_answered_by_another_fleet() -> None:
+    node, other = Node(), Node(keys=OTHER_FLEET)
+    node.enroll(Pin("482916"), BackupKey.generate())
+    sent: list[api.Request] = []
+
+    def split(request: bytes) -> bytes:  # registrations go to the other (trusted) fleet
+        sent.append(api.decode_request(request))
+        if isinstance(sent[-1], api.RegistrationStartRequest):
+            return other.send(request)
+        return node.send(request)
+
+    with pytest.raises(FleetKeyMismatch, match="another fleet"):
+        vp.change_secret(split, ALICE, Pin("482916"), Pin("999999"), TwoFleets(), config=CONFIG)
+    assert [type(r) for r in sent] == [
+        api.LoginStartRequest,
+        api.LoginFinishRequest,
+        api.RegistrationStartRequest,
+    ]
+
+
+def test_trust_returning_keys_of_another_fleet_than_the_answering_one_is_refused(
+    node: Node,
+) -> None:
+    class Liar:
+        def session_keys(
+            self, fleet_id: bytes, request: bytes, bundle: bytes, fleet_signature: bytes
+        ) -> FleetPublicKeys:
+            return OTHER_FLEET.public()
+
+    with pytest.raises(FleetKeyMismatch):
+        vp.enroll(node.send, ALICE, b"1234", BackupKey.generate(), Liar(), config=CONFIG)
+    assert len(node.sent) == 1
+
+
+def test_a_fleet_signature_verifies_under_the_fleets_sig_key(node: Node) -> None:
+    request = api.RegistrationStartRequest(
+        ALICE, OpaqueClient().start_registration(b"1234")[0].to_bytes()
+    ).to_bytes()
+    response = api.decode_response(node.send(request))
+    assert isinstance(response, api.RegistrationStartResponse)
+    assert response.fleet_id == FLEET.fleet_id
+    assert response.bundle == b""
+    Ed25519PublicKey.from_public_bytes(FLEET.public().sig_public_key).verify(
+        response.fleet_signature, fleet_session_message(FLEET.fleet_id, request, b"")
+    )
+    assert (
+        TRUST.session_keys(response.fleet_id, request, response.bundle, response.fleet_signature)
+        == FLEET.public()
+    )
+
+
+def test_flows_refuse_a_trust_of_the_wrong_type(node: Node) -> None:
+    with pytest.raises(InvalidParameter):
+        vp.recover(node.send, ALICE, b"1234", object(), config=CONFIG)  # type: ignore[arg-type]
     assert node.sent == []

@@ -6,6 +6,8 @@ import json
 import pickle
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hsmvault.crypto.fleet_seal import (
     PURPOSE_REGISTRATION_UPLOAD,
@@ -33,9 +35,32 @@ def test_secret_keys_round_trip_and_reject_any_other_length(keys: FleetSecretKey
     encoded = keys.to_bytes()
     assert len(encoded) == SECRET_KEYS_LEN
     assert FleetSecretKeys.from_bytes(encoded) == keys
-    for bad in (encoded[:-1], encoded + b"\x00", b"XXXX" + encoded[4:], encoded[:4] + b"\x02"):
+    version_1 = encoded[:4] + b"\x01" + encoded[5:-32]  # the pre-``sig`` layout
+    for bad in (
+        encoded[:-1],
+        encoded + b"\x00",
+        b"XXXX" + encoded[4:],
+        encoded[:4] + b"\x03" + encoded[5:],
+        version_1,
+        encoded[:4] + b"\x01" + encoded[5:],
+    ):
         with pytest.raises(DecodeError):
             FleetSecretKeys.from_bytes(bad)
+
+
+def test_sig_key_signs_what_the_public_sig_key_verifies(keys: FleetSecretKeys) -> None:
+    public = keys.public()
+    assert len(public.sig_public_key) == 32
+    assert public.sig_public_key == keys.sig_private().public_key().public_bytes_raw()
+    signature = keys.sig_private().sign(b"message")
+    Ed25519PublicKey.from_public_bytes(public.sig_public_key).verify(signature, b"message")
+    with pytest.raises(InvalidSignature):
+        Ed25519PublicKey.from_public_bytes(public.sig_public_key).verify(signature, b"other")
+    assert keys.sig_private_key not in repr(keys).encode()
+    assert keys.sig_private_key.hex() not in repr(keys)
+    other = FleetSecretKeys.generate(keys.fleet_id)
+    assert other.public().sig_public_key != public.sig_public_key  # fresh per fleet
+    assert FleetSecretKeys.from_bytes(keys.to_bytes()).public() == public
 
 
 def test_secret_keys_never_show_or_pickle(keys: FleetSecretKeys) -> None:
@@ -54,7 +79,12 @@ def test_public_keys_json_is_strict(keys: FleetSecretKeys) -> None:
     doc = public.to_dict()
     for mutation in (
         {**doc, "extra": 1},
-        {**doc, "version": 2},
+        {**doc, "version": 1},
+        {**doc, "version": True},
+        {**doc, "sig_public_key": doc["sig_public_key"][:-2]},
+        {**doc, "sig_public_key": doc["sig_public_key"].upper()},
+        {**doc, "sig_public_key": None},
+        {k: v for k, v in doc.items() if k != "sig_public_key"},
         {**doc, "fleet_id": doc["fleet_id"].upper()},
         {**doc, "enc_public_key": doc["enc_public_key"][:-2]},
         {k: v for k, v in doc.items() if k != "ake_public_key"},

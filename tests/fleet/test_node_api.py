@@ -19,6 +19,7 @@ from hsmvault.fleet.node_api import (
     encode_frame,
     recv_frame,
 )
+from hsmvault.wire import hsm_api as api
 
 INFO = NodeInfo(bytes(range(32)), "eu-west", True, True, 7, 42, 41, 3, 1, incarnation=2)
 
@@ -78,3 +79,31 @@ def test_node_info_round_trips_and_rejects_trailing_bytes() -> None:
 def test_node_info_parser_raises_only_decode_error(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         NodeInfo.from_bytes(data)
+
+
+def test_the_largest_wire_messages_fit_in_one_frame() -> None:
+    bundle = b"b" * api.MAX_BUNDLE_LEN
+    biggest: list[api.Request | api.Response] = [
+        api.InstallBundleRequest(api.MAX_EPOCH, bundle),
+        api.LoginStartResponse(
+            api.Outcome.OK,
+            bytes(api.SESSION_ID_LEN),
+            b"k" * api.MAX_OPAQUE_MESSAGE_LEN,
+            b"p" * api.MAX_KSF_PARAMS_LEN,
+            api.MAX_GUESS_LIMIT,
+            bytes(api.FLEET_ID_LEN),
+            bundle,
+            bytes(api.FLEET_SIGNATURE_LEN),
+        ),
+        api.RegistrationStartResponse(
+            api.Outcome.OK,
+            bytes(api.CREDENTIAL_NONCE_LEN),
+            b"r" * api.MAX_OPAQUE_MESSAGE_LEN,
+            bytes(api.FLEET_ID_LEN),
+            bundle,
+            bytes(api.FLEET_SIGNATURE_LEN),
+        ),
+    ]
+    for message in biggest:
+        body = message.to_bytes()
+        assert _read(encode_frame(KIND_VAULT, body)) == (KIND_VAULT, body)

@@ -31,6 +31,8 @@ from hsmvault.wire.hsm_api import (
     refusal_for,
 )
 
+from .passkey_fakes import MemoryPasskeyStore
+
 
 class MemoryBlobStore:
     def __init__(self) -> None:
@@ -63,8 +65,9 @@ class MemoryBlobStore:
             self.blobs.pop(key, None)
 
 
-class MemoryMetadataStore:
+class MemoryMetadataStore(MemoryPasskeyStore):
     def __init__(self) -> None:
+        super().__init__()  # the passkey tables (ADR 0011)
         self.uploads: dict[tuple[bytes, str, str], UploadMeta] = {}
         self.backups: dict[tuple[bytes, str], BackupMeta] = {}
         self._lock = threading.Lock()
@@ -175,6 +178,8 @@ class StubFleet:
                 ke2=b"\x02" * 320,
                 ksf_params=b"\x01" * 14,
                 attempts_remaining=9,
+                fleet_id=b"\x04" * 32,
+                fleet_signature=b"\x05" * 64,
             )
         if isinstance(request, LoginFinishRequest):
             if self.sessions.get(request.session_id) != node:

@@ -39,6 +39,15 @@ def test_spec_covers_every_route_of_adr_0008() -> None:
         ("/v1/backups/{backup_id}/uploads/{upload_id}/commit", "post"),
         ("/v1/backups/{backup_id}", "get"),
         ("/v1/backups/{backup_id}", "delete"),
+        # ADR 0011
+        ("/v1/passkeys/registration/options", "post"),
+        ("/v1/passkeys/registration", "post"),
+        ("/v1/passkeys/authentication/options", "post"),
+        ("/v1/passkeys/authentication", "post"),
+        ("/v1/passkeys/{credentialId}/salt-rotation", "post"),
+        ("/v1/passkeys/{credentialId}/wrapped-key", "put"),
+        ("/v1/passkeys", "get"),
+        ("/v1/passkeys/{credentialId}", "delete"),
     }
     assert json.loads(SPEC.read_text())["info"]["version"] == "1"
 

@@ -13,6 +13,7 @@ from hsmvault.wire.hsm_api import (
     AttemptsRemainingRequest,
     ChangeSecretRequest,
     DeleteRequest,
+    InstallBundleRequest,
     LoginFinishRequest,
     LoginFinishResponse,
     LoginStartRequest,
@@ -102,6 +103,14 @@ def test_rejoin_is_fleet_internal_and_refused(
     client: TestClient, issuer: DevTokenIssuer, stub_fleet: StubFleet
 ) -> None:
     body = RejoinRequest(b"\x00" * 32, b"\x01" * 32, 2, b"\x02" * 64).to_bytes()
+    assert _post(client, issuer.mint("alice"), body)[0] == 403
+    assert not stub_fleet.calls
+
+
+def test_install_bundle_is_the_operators_and_refused(
+    client: TestClient, issuer: DevTokenIssuer, stub_fleet: StubFleet
+) -> None:
+    body = InstallBundleRequest(2**64 - 1, b"garbage").to_bytes()
     assert _post(client, issuer.mint("alice"), body)[0] == 403
     assert not stub_fleet.calls
 

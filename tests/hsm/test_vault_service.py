@@ -6,11 +6,14 @@ fast; the node never runs the KSF.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,10 +31,19 @@ from hsmvault.crypto.session_box import (
     open_from_session,
     session_authenticator,
 )
-from hsmvault.errors import InvalidLogin
+from hsmvault.errors import InvalidLogin, InvalidParameter
 from hsmvault.hsm.vault_service import VaultService, VaultServiceConfig
-from hsmvault.hsm.vault_state import BeginAttempt, NoOp, RecordFailure, decode_command
+from hsmvault.hsm.vault_state import (
+    BUNDLE_PART_LEN,
+    BeginAttempt,
+    BundlePart,
+    NoOp,
+    RecordFailure,
+    decode_command,
+    encode_command,
+)
 from hsmvault.wire import hsm_api as api
+from hsmvault.wire.fleet_session import fleet_session_message
 from tests.hsm.sim import InstantConsensus
 
 KSF_PARAMS = KsfParams(KsfAlgorithm.ARGON2ID, memory_kib=8, iterations=1, parallelism=1)
@@ -43,6 +55,9 @@ ALICE = b"alice"
 FLEET_KEY = X25519PrivateKey.generate()  # the fleet's enc key pair
 FLEET_PUB = FLEET_KEY.public_key().public_bytes_raw()
 OTHER_FLEET_PUB = X25519PrivateKey.generate().public_key().public_bytes_raw()
+FLEET_ID = b"\xf1" * 32
+SIG_KEY = Ed25519PrivateKey.generate()  # the fleet's sig key pair
+SIG_PUB = SIG_KEY.public_key()
 
 
 def seal_upload(
@@ -93,6 +108,8 @@ class Harness:
             SERVER,
             self.fleet,
             upload_key=FLEET_KEY,
+            fleet_id=FLEET_ID,
+            signing_key=SIG_KEY,
             config=VaultServiceConfig(**(defaults | config)),  # type: ignore[arg-type]
             clock=self.clock,
         )
@@ -795,8 +812,156 @@ def test_rejoin_request_is_delegated_to_the_node_process_handler() -> None:
             seen.append(request)
             return answer
 
-        service = VaultService(SERVER, harness.fleet, upload_key=FLEET_KEY, rejoin=handler)
+        service = VaultService(
+            SERVER,
+            harness.fleet,
+            upload_key=FLEET_KEY,
+            fleet_id=FLEET_ID,
+            signing_key=SIG_KEY,
+            rejoin=handler,
+        )
         response = api.decode_response(service.handle(ticket.to_bytes()))
         assert isinstance(response, api.RejoinResponse)
         assert response.outcome is outcome
     assert seen == [ticket] * 3
+
+
+# ------------------------------------------------------------------ bundles (ADR 0010)
+
+
+def _verify_session(request: bytes, response: api.Response, bundle: bytes) -> None:
+    """The start response carries the fleet id, ``bundle`` and a signature by the fleet's
+    sig key over exactly ``request`` and that bundle."""
+    assert isinstance(response, api.RegistrationStartResponse | api.LoginStartResponse)
+    assert response.outcome is api.Outcome.OK
+    assert response.fleet_id == FLEET_ID
+    assert response.bundle == bundle
+    message = fleet_session_message(FLEET_ID, request, bundle)
+    SIG_PUB.verify(response.fleet_signature, message)
+
+
+def _starts(harness: Harness) -> list[tuple[bytes, api.Response]]:
+    """A registration start, a login start of a real user and one of an unknown user."""
+    request, _ = harness.client.start_registration(PIN)
+    reg = api.RegistrationStartRequest(ALICE, request.to_bytes()).to_bytes()
+    ke1, _ = harness.client.start_login(PIN)
+    known = api.LoginStartRequest(ALICE, ke1.to_bytes()).to_bytes()
+    unknown = api.LoginStartRequest(b"nobody", ke1.to_bytes()).to_bytes()
+    return [
+        (raw, api.decode_response(harness.service.handle(raw))) for raw in (reg, known, unknown)
+    ]
+
+
+def test_start_responses_are_signed_by_the_fleet_with_or_without_a_bundle() -> None:
+    harness = Harness()
+    harness.register()
+    for raw, response in _starts(harness):
+        _verify_session(raw, response, b"")  # nothing installed: empty bundle, still signed
+    bundle = b'{"version":1,"artifact":"..."}' * 3
+    installed = harness.call(api.InstallBundleRequest(7, bundle))
+    assert installed == api.InstallBundleResponse(api.Outcome.OK, 7)
+    for raw, response in _starts(harness):
+        _verify_session(raw, response, bundle)
+        assert isinstance(response, api.RegistrationStartResponse | api.LoginStartResponse)
+        with pytest.raises(InvalidSignature):  # bound to this request ...
+            SIG_PUB.verify(
+                response.fleet_signature, fleet_session_message(FLEET_ID, raw + b"x", bundle)
+            )
+        with pytest.raises(InvalidSignature):  # ... and to this bundle
+            SIG_PUB.verify(
+                response.fleet_signature, fleet_session_message(FLEET_ID, raw, bundle + b" ")
+            )
+
+
+def test_unknown_users_get_the_same_signed_shape() -> None:
+    harness = Harness()
+    harness.register()
+    harness.call(api.InstallBundleRequest(1, b"bundle"))
+    (_, known), (_, unknown) = _starts(harness)[1:]
+    assert isinstance(known, api.LoginStartResponse)
+    assert isinstance(unknown, api.LoginStartResponse)
+    assert len(known.to_bytes()) == len(unknown.to_bytes())
+    assert (known.fleet_id, known.bundle) == (unknown.fleet_id, unknown.bundle)
+
+
+def test_install_bundle_epochs_only_move_forward() -> None:
+    harness = Harness()
+    assert harness.call(api.InstallBundleRequest(5, b"five")) == api.InstallBundleResponse(
+        api.Outcome.OK, 5
+    )
+    # the same epoch and bytes again: idempotent, nothing committed
+    log_length = len(harness.fleet.log)
+    assert harness.call(api.InstallBundleRequest(5, b"five")).outcome is api.Outcome.OK
+    assert len(harness.fleet.log) == log_length + 1  # one part, answered "already current"
+    refused = harness.call(api.InstallBundleRequest(5, b"FIVE"))
+    assert refused == api.InstallBundleResponse.refused(api.Outcome.EPOCH_CONFLICT)
+    refused = harness.call(api.InstallBundleRequest(4, b"four"))
+    assert refused == api.InstallBundleResponse.refused(api.Outcome.STALE_EPOCH)
+    installed = harness.fleet.state().bundle()
+    assert installed is not None
+    assert (installed.epoch, installed.bundle) == (5, b"five")
+    assert harness.call(api.InstallBundleRequest(6, b"six")).outcome is api.Outcome.OK
+    assert harness.call(api.InstallBundleRequest(5, b"five")).outcome is api.Outcome.STALE_EPOCH
+    snapshots = harness.fleet.snapshots()
+    assert all(snapshot == snapshots[0] for snapshot in snapshots)  # every replica agrees
+
+
+def test_a_64_kib_bundle_is_committed_in_parts_and_served_whole() -> None:
+    harness = Harness()
+    bundle = bytes(range(256)) * (api.MAX_BUNDLE_LEN // 256)
+    assert harness.call(api.InstallBundleRequest(9, bundle)).outcome is api.Outcome.OK
+    parts = [decode_command(c) for c in harness.fleet.log]
+    assert all(isinstance(p, BundlePart) for p in parts)
+    assert len(parts) == -(-len(bundle) // BUNDLE_PART_LEN)
+    assert max(len(c) for c in harness.fleet.log) < 16 * 1024  # fits a replicated command
+    raw, response = _starts(harness)[0]
+    _verify_session(raw, response, bundle)
+
+
+def test_install_bundle_without_quorum_is_unavailable_and_changes_nothing() -> None:
+    harness = Harness()
+    harness.fleet.available = False
+    refused = harness.call(api.InstallBundleRequest(1, b"bundle"))
+    assert refused == api.InstallBundleResponse.refused(api.Outcome.UNAVAILABLE)
+    assert harness.fleet.state().bundle() is None
+
+
+def test_an_interleaved_install_is_unavailable_and_a_retry_succeeds() -> None:
+    harness = Harness()
+    big = b"a" * (2 * BUNDLE_PART_LEN)
+    other = b"b" * (2 * BUNDLE_PART_LEN)
+    fleet = harness.fleet
+    submit = fleet.submit
+    injected = False
+
+    def interleave(command: bytes) -> bytes:
+        nonlocal injected
+        result = submit(command)
+        if not injected:  # another installer's first part lands right after ours
+            injected = True
+            digest = hashlib.sha256(other).digest()
+            submit(encode_command(BundlePart(3, digest, len(other), 0, other[:BUNDLE_PART_LEN])))
+        return result
+
+    fleet.submit = interleave  # type: ignore[method-assign]
+    refused = harness.call(api.InstallBundleRequest(3, big))
+    assert refused == api.InstallBundleResponse.refused(api.Outcome.UNAVAILABLE)
+    assert fleet.state().bundle() is None
+    assert harness.call(api.InstallBundleRequest(3, big)).outcome is api.Outcome.OK
+    installed = fleet.state().bundle()
+    assert installed is not None
+    assert installed.bundle == big
+
+
+def test_the_service_needs_a_fleet_id_and_an_ed25519_signing_key() -> None:
+    fleet = InstantConsensus()
+    with pytest.raises(InvalidParameter):
+        VaultService(SERVER, fleet, upload_key=FLEET_KEY, fleet_id=bytes(31), signing_key=SIG_KEY)
+    with pytest.raises(InvalidParameter):
+        VaultService(
+            SERVER,
+            fleet,
+            upload_key=FLEET_KEY,
+            fleet_id=FLEET_ID,
+            signing_key=FLEET_KEY,  # type: ignore[arg-type]
+        )

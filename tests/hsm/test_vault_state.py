@@ -189,6 +189,14 @@ commands: st.SearchStrategy[vs.Command] = st.one_of(
     ),
     st.builds(vs.Delete, user_ids, versions),
     st.just(vs.NoOp()),
+    st.builds(
+        vs.BundlePart,
+        st.integers(0, 2**64 - 1),
+        st.binary(min_size=32, max_size=32),
+        st.just(vs.BUNDLE_PART_LEN + 50),
+        st.sampled_from([0, 50, vs.BUNDLE_PART_LEN]),
+        st.binary(min_size=1, max_size=50),
+    ),
 )
 results: st.SearchStrategy[vs.CommandResult] = st.one_of(
     st.builds(vs.Applied, st.integers(0, 2**64 - 1)),
@@ -204,6 +212,8 @@ results: st.SearchStrategy[vs.CommandResult] = st.one_of(
     st.builds(vs.SuccessRecorded, st.binary(max_size=1024)),
     st.builds(vs.FailureRecorded, st.integers(0, 255), st.booleans()),
     st.builds(vs.Refused, st.sampled_from(vs.Refusal)),
+    st.builds(vs.BundleStaged, st.integers(0, 2**32 - 1)),
+    st.builds(vs.BundleInstalled, st.integers(0, 2**64 - 1)),
 )
 
 
@@ -258,12 +268,134 @@ def test_snapshot_parsing_is_strict() -> None:
     with pytest.raises(DecodeError, match="trailing"):
         vs.VaultState.from_snapshot(snap + b"\x00")
     with pytest.raises(DecodeError, match="version"):
-        vs.VaultState.from_snapshot(b"\x02" + snap[1:])
+        vs.VaultState.from_snapshot(b"\x01" + snap[1:])  # version 1 had no bundle
     with pytest.raises(DecodeError):
         vs.VaultState.from_snapshot(snap[:-1])
     # last_version lowered below the records' versions
     with pytest.raises(DecodeError, match="version out of range"):
         vs.VaultState.from_snapshot(snap[:1] + (1).to_bytes(8, "big") + snap[9:])
+
+
+# ------------------------------------------------------------------ bundles
+
+# Three multi-part bundles (BUNDLE_PART_LEN + 100 bytes: two parts each).
+BUNDLES = [bytes([i]) * (vs.BUNDLE_PART_LEN + 100) for i in range(3)]
+
+
+def _install(state: vs.VaultState, epoch: int, bundle: bytes) -> vs.CommandResult:
+    result: vs.CommandResult = vs.Refused(vs.Refusal.MALFORMED_COMMAND)
+    for part in vs.bundle_parts(epoch, bundle):
+        result = _apply(state, part)
+        if not isinstance(result, vs.BundleStaged):
+            break
+    return result
+
+
+def test_a_bundle_installs_after_its_last_part_only() -> None:
+    state = vs.VaultState()
+    first, last = vs.bundle_parts(4, BUNDLES[0])
+    assert _apply(state, first) == vs.BundleStaged(vs.BUNDLE_PART_LEN)
+    assert state.bundle() is None  # staged, not installed
+    staged = vs.VaultState.from_snapshot(state.snapshot())  # the staging is replicated
+    assert _apply(state, last) == vs.BundleInstalled(4)
+    assert _apply(staged, last) == vs.BundleInstalled(4)
+    installed = state.bundle()
+    assert installed is not None
+    assert (installed.epoch, installed.bundle) == (4, BUNDLES[0])
+    assert staged == state
+    assert "\\x00" not in repr(installed)
+
+
+def test_bundle_epochs_never_go_back_and_never_change_their_bytes() -> None:
+    state = vs.VaultState()
+    assert _install(state, 4, BUNDLES[0]) == vs.BundleInstalled(4)
+    before = state.snapshot()
+    assert _install(state, 4, BUNDLES[0]) == vs.BundleInstalled(4)  # idempotent
+    assert _install(state, 4, BUNDLES[1]) == vs.Refused(vs.Refusal.EPOCH_CONFLICT)
+    assert _install(state, 4, BUNDLES[0][:-1]) == vs.Refused(vs.Refusal.EPOCH_CONFLICT)
+    assert _install(state, 3, BUNDLES[2]) == vs.Refused(vs.Refusal.STALE_EPOCH)
+    assert state.snapshot() == before
+    assert _install(state, 5, BUNDLES[1]) == vs.BundleInstalled(5)
+    assert _install(state, 4, BUNDLES[0]) == vs.Refused(vs.Refusal.STALE_EPOCH)
+    assert _install(state, 2**64 - 1, b"x") == vs.BundleInstalled(2**64 - 1)
+
+
+def test_parts_that_do_not_continue_the_staging_are_refused() -> None:
+    state = vs.VaultState()
+    first, last = vs.bundle_parts(1, BUNDLES[0])
+    other_first, other_last = vs.bundle_parts(1, BUNDLES[1])
+    assert _apply(state, last) == vs.Refused(vs.Refusal.BUNDLE_SEQUENCE)  # nothing staged
+    _apply(state, first)
+    before = state.snapshot()
+    assert _apply(state, other_last) == vs.Refused(vs.Refusal.BUNDLE_SEQUENCE)
+    assert state.snapshot() == before  # a refused part changes nothing
+    assert _apply(state, other_first) == vs.BundleStaged(vs.BUNDLE_PART_LEN)  # offset 0 restarts
+    assert _apply(state, last) == vs.Refused(vs.Refusal.BUNDLE_SEQUENCE)
+    assert _apply(state, other_last) == vs.BundleInstalled(1)
+    bundle = state.bundle()
+    assert bundle is not None
+    assert bundle.bundle == BUNDLES[1]
+
+
+def test_a_bundle_whose_digest_does_not_match_is_dropped() -> None:
+    state = vs.VaultState()
+    first, last = vs.bundle_parts(1, BUNDLES[0])
+    forged = vs.BundlePart(1, first.digest, last.total, last.offset, b"\xff" * len(last.data))
+    _apply(state, first)
+    assert _apply(state, forged) == vs.Refused(vs.Refusal.BUNDLE_SEQUENCE)
+    assert state.bundle() is None
+    assert _apply(state, last) == vs.Refused(vs.Refusal.BUNDLE_SEQUENCE)  # staging dropped
+
+
+def test_bundle_parts_validate_their_fields() -> None:
+    digest = bytes(32)
+    for args in (
+        (-1, digest, 10, 0, b"x"),
+        (2**64, digest, 10, 0, b"x"),
+        (True, digest, 10, 0, b"x"),
+        (1, bytes(31), 10, 0, b"x"),
+        (1, digest, 0, 0, b"x"),
+        (1, digest, 64 * 1024 + 1, 0, b"x"),
+        (1, digest, 10, 0, b""),
+        (1, digest, 10, 9, b"xx"),  # past the end
+        (1, digest, 10, -1, b"x"),
+        (1, digest, 2 * vs.BUNDLE_PART_LEN, 0, b"x" * (vs.BUNDLE_PART_LEN + 1)),
+    ):
+        with pytest.raises(InvalidParameter):
+            vs.BundlePart(*args)
+    for bad in (b"", b"x" * (64 * 1024 + 1)):
+        with pytest.raises(InvalidParameter):
+            vs.bundle_parts(1, bad)
+    parts = vs.bundle_parts(0, b"y" * (64 * 1024))
+    assert len(parts) == 6
+    assert b"".join(p.data for p in parts) == b"y" * (64 * 1024)
+    assert max(len(vs.encode_command(p)) for p in parts) < 16 * 1024  # codec.MAX_COMMAND_SIZE
+
+
+def test_bundle_snapshot_parsing_is_strict() -> None:
+    state = vs.VaultState()
+    _apply(state, _register(b"alice"))
+    _install(state, 3, b"three")
+    _apply(state, vs.bundle_parts(4, BUNDLES[0])[0])
+    snap = state.snapshot()
+    assert vs.VaultState.from_snapshot(snap) == state
+    restored = vs.VaultState.from_snapshot(snap).bundle()
+    assert restored is not None
+    assert (restored.epoch, restored.bundle) == (3, b"three")
+    staging_at = len(snap) - (1 + 8 + 32 + 4 + 4 + vs.BUNDLE_PART_LEN)
+    assert snap[staging_at] == 1
+    epoch_3 = (3).to_bytes(8, "big")
+    for bad in (
+        snap[:staging_at] + b"\x02" + snap[staging_at + 1 :],  # not a strict bool
+        snap[:staging_at] + b"\x01" + epoch_3 + snap[staging_at + 9 :],  # staging not above
+        # staging as long as its total: it would have been installed
+        snap[: staging_at + 41] + (vs.BUNDLE_PART_LEN).to_bytes(4, "big") + snap[staging_at + 45 :],
+    ):
+        with pytest.raises(DecodeError):
+            vs.VaultState.from_snapshot(bad)
+    empty = vs.VaultState()
+    assert empty.snapshot().endswith(b"\x00\x00")  # no bundle, no staging
+    assert vs.VaultState.from_snapshot(empty.snapshot()).bundle() is None
 
 
 def test_repr_shows_no_material() -> None:
@@ -292,6 +424,7 @@ class VaultStateMachine(RuleBasedStateMachine):
         self.limits: dict[bytes, int] = {}
         self.erased_versions: set[int] = set()
         self.tombstoned: set[bytes] = set()
+        self.installed_bundles: dict[int, bytes] = {}  # model: every epoch ever installed
 
     def _run(self, command: vs.Command) -> vs.CommandResult:
         encoded = vs.encode_command(command)
@@ -368,6 +501,27 @@ class VaultStateMachine(RuleBasedStateMachine):
     @rule()
     def noop(self) -> None:
         self._run(vs.NoOp())
+
+    @rule(epoch=st.integers(0, 4), which=st.integers(0, 2), part=st.integers(0, 1))
+    def bundle_part(self, epoch: int, which: int, part: int) -> None:
+        before = self.a.bundle()
+        result = self._run(vs.bundle_parts(epoch, BUNDLES[which])[part])
+        after = self.a.bundle()
+        if isinstance(result, vs.BundleInstalled):
+            assert after is not None
+            assert (after.epoch, after.bundle) == (epoch, BUNDLES[which])
+            assert self.installed_bundles.setdefault(epoch, BUNDLES[which]) == BUNDLES[which]
+        else:
+            assert after == before
+
+    @invariant()
+    def bundle_epochs_only_grow_and_keep_their_bytes(self) -> None:
+        current = self.a.bundle()
+        if current is None:
+            assert not self.installed_bundles
+            return
+        assert current.epoch == max(self.installed_bundles)
+        assert self.installed_bundles[current.epoch] == current.bundle
 
     @rule(data=st.binary(max_size=40))
     def garbage(self, data: bytes) -> None:

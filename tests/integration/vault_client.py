@@ -4,22 +4,35 @@ OPAQUE registration and login over the wire API (test helper).
 The KSF is a tiny Argon2id (8 KiB, one pass) so that tests spend their time on the fleet,
 not on key stretching; nodes never run the KSF, they only store its parameters.
 
-Registration uploads (record, KSF parameters, wrapped key) are sealed to the fleet's
-``enc`` public key, which the device learns from the fleet's published public keys: the
-``FleetClient`` must carry them (``FleetClient.from_fleet_dir``, or
-``public_keys=layout.public_keys`` as ``conftest.start_local_fleet`` does).
+The device pins the fleet's published public keys: the ``FleetClient`` must carry them
+(``FleetClient.from_fleet_dir``, or ``public_keys=layout.public_keys`` as
+``conftest.start_local_fleet`` does). Every start response (RegistrationStart,
+LoginStart) goes through the client protocol's trust check
+(:func:`hsmvault.client.vault_protocol.verify_start` with
+:class:`~hsmvault.client.fleet_trust.PinnedFleetTrust`): the fleet signature over the
+exact request and the bundle must verify, else
+:class:`~hsmvault.transparency.errors.FleetKeyMismatch` is raised and nothing more is
+sent. Registration uploads (record, KSF parameters, wrapped key) are sealed to the
+``enc`` key of the keys that check returned, after the AKE key is compared with them.
+
+The steps stay separate (not :func:`hsmvault.client.vault_protocol.enroll`/``recover``)
+because the fault tests need them: a chosen node per request, a pending login held
+across a fault, outcomes returned rather than raised, and a fixed wrapped key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hsmvault.client.fleet_trust import PinnedFleetTrust
+from hsmvault.client.vault_protocol import verify_start
 from hsmvault.crypto.fleet_seal import PURPOSE_REGISTRATION_UPLOAD, seal_to_fleet
 from hsmvault.crypto.ksf import Argon2idKsf, KsfAlgorithm, KsfParams
 from hsmvault.crypto.opaque import KE2, OpaqueClient, OpaqueConfig, RegistrationResponse
 from hsmvault.crypto.opaque.protocol import ClientLoginState
 from hsmvault.crypto.session_box import LABEL_WRAPPED_KEY, open_from_session
-from hsmvault.errors import InvalidParameter
+from hsmvault.errors import InvalidParameter, VerificationError
+from hsmvault.fleet.fleet_keys import FleetPublicKeys
 from hsmvault.host.fleet_client import FleetClient
 from hsmvault.wire.hsm_api import (
     AttemptsRemainingRequest,
@@ -42,14 +55,23 @@ CONFIG = OpaqueConfig(ksf=TINY_KSF)
 WRAPPED_KEY = b"wrapped backup key (opaque to the fleet)"
 
 
-def _fleet_enc_public_key(client: FleetClient) -> bytes:
-    """The fleet's ``enc`` public key, from the public keys ``client`` carries."""
+def _trust(client: FleetClient) -> PinnedFleetTrust:
+    """Pinned trust in the fleet public keys ``client`` carries."""
     if client.public_keys is None:
         raise InvalidParameter(
             "the FleetClient has no fleet public keys: build it with "
             "FleetClient.from_fleet_dir(...) or FleetClient(..., public_keys=...)"
         )
-    return client.public_keys.enc_public_key
+    return PinnedFleetTrust(client.public_keys)
+
+
+def session_keys(
+    client: FleetClient,
+    request: bytes,
+    response: RegistrationStartResponse | LoginStartResponse,
+) -> FleetPublicKeys:
+    """The client protocol's trust check of an OK start response to ``request``."""
+    return verify_start(_trust(client), request, response)
 
 
 def register(
@@ -64,12 +86,16 @@ def register(
     to ``final_node`` if given, else with failover)."""
     opaque = OpaqueClient(CONFIG)
     request, state = opaque.start_registration(password)
-    start = client.call(RegistrationStartRequest(user_id, request.to_bytes()).to_bytes())
+    raw = RegistrationStartRequest(user_id, request.to_bytes()).to_bytes()
+    start = client.call(raw)
     assert isinstance(start.response, RegistrationStartResponse)
     assert start.response.outcome is Outcome.OK, start.response
+    keys = session_keys(client, raw, start.response)
     result = opaque.finish_registration(
         state, RegistrationResponse.from_bytes(start.response.registration_response)
     )
+    if result.server_public_key.encoded != keys.ake_public_key:
+        raise VerificationError("the registration was answered with another fleet's AKE key")
     nonce = start.response.credential_nonce
     upload = RegistrationUpload(
         registration_record=result.record.to_bytes(),
@@ -77,7 +103,7 @@ def register(
         wrapped_key=WRAPPED_KEY,
     )
     sealed_upload = seal_to_fleet(
-        _fleet_enc_public_key(client),
+        keys.enc_public_key,
         upload.to_bytes(),
         purpose=PURPOSE_REGISTRATION_UPLOAD,
         context=upload_context(user_id, nonce),
@@ -112,15 +138,15 @@ def login_start(
     prefer: int | None = None,
     failover: bool = True,
 ) -> PendingLogin | Outcome:
-    """LoginStart (with failover unless ``failover=False``): the pending login, or the
-    refusal's outcome."""
+    """LoginStart (with failover unless ``failover=False``): the pending login (its
+    fleet signature verified), or the refusal's outcome."""
     ke1, state = OpaqueClient(CONFIG).start_login(password)
-    answer = client.call(
-        LoginStartRequest(user_id, ke1.to_bytes()).to_bytes(), prefer=prefer, failover=failover
-    )
+    raw = LoginStartRequest(user_id, ke1.to_bytes()).to_bytes()
+    answer = client.call(raw, prefer=prefer, failover=failover)
     assert isinstance(answer.response, LoginStartResponse)
     if answer.response.outcome is not Outcome.OK:
         return answer.response.outcome
+    session_keys(client, raw, answer.response)
     return PendingLogin(answer.node, answer.response, state)
 
 

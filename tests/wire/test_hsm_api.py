@@ -30,6 +30,10 @@ limits = st.integers(api.MIN_GUESS_LIMIT, api.MAX_GUESS_LIMIT)
 remaining = st.integers(0, api.MAX_GUESS_LIMIT)
 counts = st.integers(0, 2**32 - 1)
 refusals = st.sampled_from([o for o in api.Outcome if o is not api.Outcome.OK])
+fleet_ids = st.binary(min_size=api.FLEET_ID_LEN, max_size=api.FLEET_ID_LEN)
+fleet_signatures = st.binary(min_size=api.FLEET_SIGNATURE_LEN, max_size=api.FLEET_SIGNATURE_LEN)
+bundles = st.binary(max_size=300)  # modest: the 64 KiB bound has its own test
+epochs = st.integers(0, api.MAX_EPOCH)
 
 requests: st.SearchStrategy[api.Request] = st.one_of(
     st.builds(api.RegistrationStartRequest, user_ids, opaque),
@@ -47,13 +51,26 @@ requests: st.SearchStrategy[api.Request] = st.one_of(
         st.integers(1, 2**64 - 1),
         st.binary(min_size=api.SIGNATURE_LEN, max_size=api.SIGNATURE_LEN),
     ),
+    st.builds(api.InstallBundleRequest, epochs, bundles.filter(bool)),
 )
 
 _ok = st.just(api.Outcome.OK)
 _ok_responses: st.SearchStrategy[api.Response] = st.one_of(
-    st.builds(api.RegistrationStartResponse, _ok, nonces, opaque),
+    st.builds(
+        api.RegistrationStartResponse, _ok, nonces, opaque, fleet_ids, bundles, fleet_signatures
+    ),
     st.builds(api.RegisterResponse, _ok),
-    st.builds(api.LoginStartResponse, _ok, session_ids, opaque, ksf, remaining),
+    st.builds(
+        api.LoginStartResponse,
+        _ok,
+        session_ids,
+        opaque,
+        ksf,
+        remaining,
+        fleet_ids,
+        bundles,
+        fleet_signatures,
+    ),
     st.builds(
         api.LoginFinishResponse,
         _ok,
@@ -64,6 +81,7 @@ _ok_responses: st.SearchStrategy[api.Response] = st.one_of(
     st.builds(api.DeleteResponse, _ok),
     st.builds(api.StatusResponse, _ok, counts, counts, counts),
     st.builds(api.RejoinResponse, _ok),
+    st.builds(api.InstallBundleResponse, _ok, epochs),
 )
 _RESPONSE_TYPES: list[type[api.Response]] = [
     api.RegistrationStartResponse,
@@ -75,6 +93,7 @@ _RESPONSE_TYPES: list[type[api.Response]] = [
     api.DeleteResponse,
     api.StatusResponse,
     api.RejoinResponse,
+    api.InstallBundleResponse,
     api.ErrorResponse,
 ]
 _refused_responses: st.SearchStrategy[api.Response] = st.builds(
@@ -118,9 +137,10 @@ def test_every_response_round_trips(response: api.Response) -> None:
 
 def test_every_request_type_has_one_response_type() -> None:
     assert set(_RESPONSE_TYPES) == {*api.RESPONSE_FOR.values(), api.ErrorResponse}
-    assert len(api.RESPONSE_FOR) == 9
-    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 9
-    assert len(set(api.RESPONSE_FOR.values())) == 9
+    assert len(api.RESPONSE_FOR) == 10
+    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 10
+    assert len(set(api.RESPONSE_FOR.values())) == 10
+    assert len({cls.TAG for cls in _RESPONSE_TYPES}) == 11
     assert isinstance(api.refusal_for(None, api.Outcome.BAD_REQUEST), api.ErrorResponse)
     refused = api.refusal_for(api.StatusRequest(), api.Outcome.UNAVAILABLE)
     assert isinstance(refused, api.StatusResponse)
@@ -131,9 +151,9 @@ def test_rejoin_request_encoding_is_strict_and_golden() -> None:
     fleet_id, node_id, signature = b"\x11" * 32, b"\x22" * 32, b"\x33" * 64
     request = api.RejoinRequest(fleet_id, node_id, 7, signature)
     data = request.to_bytes()
-    assert data.hex() == "0209" + "11" * 32 + "22" * 32 + "0000000000000007" + "33" * 64
-    assert api.RejoinResponse(api.Outcome.OK).to_bytes() == b"\x02\x89\x00"
-    assert api.RejoinResponse.refused(api.Outcome.INVALID_LOGIN).to_bytes() == b"\x02\x89\x01"
+    assert data.hex() == "0309" + "11" * 32 + "22" * 32 + "0000000000000007" + "33" * 64
+    assert api.RejoinResponse(api.Outcome.OK).to_bytes() == b"\x03\x89\x00"
+    assert api.RejoinResponse.refused(api.Outcome.INVALID_LOGIN).to_bytes() == b"\x03\x89\x01"
     assert request.ticket_bytes() == (
         api.REJOIN_TICKET_LABEL + fleet_id + node_id + (7).to_bytes(8, "big")
     )
@@ -157,15 +177,36 @@ def test_rejoin_request_encoding_is_strict_and_golden() -> None:
 
 def test_golden_encodings_do_not_drift() -> None:
     request = api.LoginFinishRequest(bytes(range(16)), b"\xaa" * 64)
-    assert request.to_bytes().hex() == "0204" + bytes(range(16)).hex() + "0040" + "aa" * 64
+    assert api.API_VERSION == 3
+    assert request.to_bytes().hex() == "0304" + bytes(range(16)).hex() + "0040" + "aa" * 64
     response = api.AttemptsRemainingResponse(api.Outcome.OK, 7)
-    assert response.to_bytes() == bytes([2, 0x85, 0, 7])
-    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x02\x83\x02"
+    assert response.to_bytes() == bytes([3, 0x85, 0, 7])
+    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x03\x83\x02"
     upload = api.RegistrationUpload(b"\x01\x02", b"\x03", b"\x04\x05\x06")
     assert upload.to_bytes().hex() == "01" + "00020102" + "0103" + "0003040506"
     register = api.RegisterRequest(b"u", bytes(32), b"\x5a" * api.MIN_SEALED_UPLOAD_LEN, 3, True)
     assert register.to_bytes().hex() == (
-        "0202" + "0175" + "00" * 32 + "003a" + "5a" * 58 + "03" + "01"
+        "0302" + "0175" + "00" * 32 + "003a" + "5a" * 58 + "03" + "01"
+    )
+    install = api.InstallBundleRequest(7, b"\xbb\xcc")
+    assert install.to_bytes().hex() == "030a" + "0000000000000007" + "00000002" + "bbcc"
+    installed = api.InstallBundleResponse(api.Outcome.OK, 7)
+    assert installed.to_bytes().hex() == "038a00" + "0000000000000007"
+    assert api.InstallBundleResponse.refused(api.Outcome.STALE_EPOCH).to_bytes() == b"\x03\x8a\x07"
+    assert api.InstallBundleResponse.refused(api.Outcome.EPOCH_CONFLICT).to_bytes() == (
+        b"\x03\x8a\x08"
+    )
+    start = api.RegistrationStartResponse(
+        api.Outcome.OK, b"\x01" * 32, b"\x02", b"\x03" * 32, b"", b"\x04" * 64
+    )
+    assert start.to_bytes().hex() == (
+        "038100" + "01" * 32 + "000102" + "03" * 32 + "00000000" + "04" * 64
+    )
+    login = api.LoginStartResponse(
+        api.Outcome.OK, b"\x05" * 16, b"\x06", b"\x07", 9, b"\x03" * 32, b"B", b"\x04" * 64
+    )
+    assert login.to_bytes().hex() == (
+        "038300" + "05" * 16 + "000106" + "0107" + "09" + "03" * 32 + "0000000142" + "04" * 64
     )
 
 
@@ -216,11 +257,13 @@ def test_unknown_version_is_refused(request: api.Request, version: int) -> None:
 
 def test_unknown_tags_and_outcomes_are_refused() -> None:
     with pytest.raises(DecodeError, match="unknown request type"):
-        api.decode_request(b"\x02\x7f")
+        api.decode_request(b"\x03\x7f")
     with pytest.raises(DecodeError, match="unknown response type"):
-        api.decode_response(b"\x02\x01\x00")
+        api.decode_response(b"\x03\x01\x00")
     with pytest.raises(DecodeError, match="unknown outcome"):
-        api.decode_response(b"\x02\x82\x63")
+        api.decode_response(b"\x03\x82\x63")
+    with pytest.raises(DecodeError, match="version"):  # the previous version is refused
+        api.decode_response(b"\x02\x85\x00\x07")
     with pytest.raises(DecodeError, match="not a LoginStartRequest"):
         api.LoginStartRequest.from_bytes(api.StatusRequest().to_bytes())
 
@@ -254,7 +297,7 @@ def test_field_bounds_are_enforced_on_both_sides() -> None:
         api.LoginFinishRequest(bytes(15), b"k")
     # an over-long length prefix is refused before reading the body
     with pytest.raises(DecodeError):
-        api.decode_request(b"\x02\x05\x00")
+        api.decode_request(b"\x03\x05\x00")
 
 
 def test_refusals_carry_no_payload() -> None:
@@ -266,7 +309,7 @@ def test_refusals_carry_no_payload() -> None:
         api.ErrorResponse(api.Outcome.OK)
     # a refusal with payload bytes appended is refused
     with pytest.raises(DecodeError, match="trailing"):
-        api.decode_response(b"\x02\x83\x02" + bytes(16))
+        api.decode_response(b"\x03\x83\x02" + bytes(16))
 
 
 def test_repr_shows_lengths_not_bytes() -> None:
@@ -281,6 +324,61 @@ def test_repr_shows_lengths_not_bytes() -> None:
     assert "registration_record=<192 bytes>" in text
     assert "OK" in repr(api.LoginFinishResponse(api.Outcome.OK, secret))
     assert "wrapped-backup" not in repr(api.LoginFinishResponse(api.Outcome.OK, secret))
+
+
+# ------------------------------------------------------------------ bundles and fleet ids
+
+
+def test_bundle_fields_are_bounded_to_64_kib() -> None:
+    biggest = b"b" * api.MAX_BUNDLE_LEN
+    assert api.MAX_BUNDLE_LEN == 64 * 1024
+    request = api.InstallBundleRequest(api.MAX_EPOCH, biggest)
+    assert api.decode_request(request.to_bytes()) == request
+    start = api.RegistrationStartResponse(
+        api.Outcome.OK, bytes(32), b"r", bytes(32), biggest, bytes(64)
+    )
+    assert api.decode_response(start.to_bytes()) == start
+    with pytest.raises(DecodeError):
+        api.InstallBundleRequest(1, biggest + b"b")
+    with pytest.raises(DecodeError):
+        api.InstallBundleRequest(1, b"")  # nothing to install
+    with pytest.raises(DecodeError):
+        api.InstallBundleRequest(-1, b"x")
+    with pytest.raises(DecodeError):
+        api.InstallBundleRequest(api.MAX_EPOCH + 1, b"x")
+    with pytest.raises(DecodeError):
+        api.InstallBundleRequest(True, b"x")
+    with pytest.raises(DecodeError):
+        api.RegistrationStartResponse(
+            api.Outcome.OK, bytes(32), b"r", bytes(32), biggest + b"b", bytes(64)
+        )
+    # the length prefix is checked before the body is read
+    oversize = (
+        bytes([api.API_VERSION, api.InstallBundleRequest.TAG])
+        + (1).to_bytes(8, "big")
+        + (api.MAX_BUNDLE_LEN + 1).to_bytes(4, "big")
+    )
+    with pytest.raises(DecodeError):
+        api.decode_request(oversize)
+
+
+def test_start_responses_need_a_fleet_id_and_signature_of_the_right_length() -> None:
+    for fleet_id, signature in ((bytes(31), bytes(64)), (bytes(32), bytes(63)), (b"", b"")):
+        with pytest.raises(DecodeError):
+            api.RegistrationStartResponse(api.Outcome.OK, bytes(32), b"r", fleet_id, b"", signature)
+        with pytest.raises(DecodeError):
+            api.LoginStartResponse(
+                api.Outcome.OK, bytes(16), b"k", b"p", 1, fleet_id, b"", signature
+            )
+    with pytest.raises(DecodeError, match="no payload"):  # a refusal carries none of them
+        api.LoginStartResponse(api.Outcome.UNAVAILABLE, fleet_id=bytes(32))
+    text = repr(
+        api.LoginStartResponse(
+            api.Outcome.OK, bytes(16), b"k", b"p", 1, bytes(32), b"bundle-bytes", bytes(64)
+        )
+    )
+    assert "bundle=<12 bytes>" in text
+    assert "bundle-bytes" not in text
 
 
 # ------------------------------------------------------------------ registration upload

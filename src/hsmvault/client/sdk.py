@@ -24,11 +24,17 @@ through the vault protocol (:mod:`~hsmvault.client.vault_protocol`, relayed by
 DeviceKeystore` keeps BK on the device; the 64-digit key
 (:func:`~hsmvault.client.recovery_codes.format_64_digit_key`) is the no-server option.
 
-**Fleet keys.** Enrolment seals to the fleet's ``enc`` key and checks the fleet's AKE
-key. Pass ``fleet_keys=`` (pinned, e.g. shipped with the app) in production: without
-it the client fetches ``GET /v1/fleet`` once and trusts the gateway's answer for the
-life of the object (trust on first use). A gateway that lies there can stand in for the
-fleet and attack the PIN offline; validation bundles (issue 5) replace this.
+**Fleet trust (ADR 0010).** Every vault session starts by checking which fleet answered:
+the first response carries the fleet id, the fleet's validation bundle and the fleet's
+signature over the request, and a :class:`~hsmvault.client.fleet_trust.FleetTrust`
+decides which keys the session may use (enrolment seals to their ``enc`` key and checks
+their AKE key). Pass ``fleet_trust=`` (e.g. ``client.bundle_verifier.BundleFleetTrust``:
+keys learnt from witnessed bundles) or ``fleet_keys=`` (pinned, e.g. shipped with the
+app; wrapped in :class:`~hsmvault.client.fleet_trust.PinnedFleetTrust`). Only with
+``unsafe_trust_gateway_fleet_keys=True`` does the client instead fetch
+``GET /v1/fleet`` once and pin the gateway's answer for the life of the object (trust on
+first use; the CLI uses it against a loopback gateway). A gateway that lies there can
+stand in for the fleet and attack the PIN offline.
 
 Vault operations never retry on their own (a repeated login costs a guess); backup
 transfers and idempotent reads retry per :class:`RetryPolicy`.
@@ -56,6 +62,7 @@ from hsmvault.client.errors import (
     Unavailable,
     UploadOffsetMismatch,
 )
+from hsmvault.client.fleet_trust import FleetTrust, PinnedFleetTrust
 from hsmvault.client.http import (
     MAX_CHUNK_BYTES,
     BackupInfo,
@@ -64,6 +71,7 @@ from hsmvault.client.http import (
     check_backup_id,
     decode_token_subject,
 )
+from hsmvault.client.passkeys import Authenticator, PasskeyApi, PasskeyInfo, flows
 from hsmvault.client.recovery_codes import (
     DEFAULT_SECRET_POLICY,
     Password,
@@ -221,8 +229,9 @@ class VaultClient:
     """The SDK (see the module docstring).
 
     ``gateway_url`` — the gateway's base URL; ``token_provider`` — returns a current JWT
-    (called per request); ``fleet_keys`` — pinned fleet public keys (strongly
-    recommended); ``http`` — an ``httpx.Client`` to use (tests pass one with a
+    (called per request); ``fleet_trust`` — how each session's fleet is checked, or
+    ``fleet_keys`` — pinned fleet public keys (one of the two is strongly recommended;
+    not both); ``http`` — an ``httpx.Client`` to use (tests pass one with a
     ``MockTransport``); ``progress`` — called with :class:`Progress` reports;
     ``user_id`` — the vault user id, default the token's ``sub`` (must equal it: the
     gateway refuses others); ``protocol`` — KSF policy and enrolment parameters;
@@ -237,6 +246,7 @@ class VaultClient:
         token_provider: TokenProvider,
         *,
         fleet_keys: FleetPublicKeys | None = None,
+        fleet_trust: FleetTrust | None = None,
         unsafe_trust_gateway_fleet_keys: bool = False,
         http: httpx.Client | None = None,
         progress: ProgressCallback | None = None,
@@ -250,9 +260,18 @@ class VaultClient:
     ) -> None:
         if not 1 <= upload_chunk <= MAX_CHUNK_BYTES:
             raise InvalidParameter(f"upload_chunk must be in 1..{MAX_CHUNK_BYTES}")
+        if fleet_keys is not None and fleet_trust is not None:
+            raise InvalidParameter("pass fleet_keys or fleet_trust, not both")
+        if fleet_keys is not None and not isinstance(fleet_keys, FleetPublicKeys):
+            raise InvalidParameter("fleet_keys must be FleetPublicKeys")
         self._http = GatewayHttp(gateway_url, token_provider, client=http)
         self._token_provider = token_provider
         self._fleet_keys = fleet_keys
+        self._fleet_trust: FleetTrust | None = (
+            fleet_trust
+            if fleet_trust is not None
+            else (PinnedFleetTrust(fleet_keys) if fleet_keys is not None else None)
+        )
         self._unsafe_tofu = unsafe_trust_gateway_fleet_keys
         self._progress = progress
         self._user_id = user_id
@@ -274,8 +293,13 @@ class VaultClient:
         self.close()
 
     def __repr__(self) -> str:
-        pinned = "pinned" if self._fleet_keys is not None else "unpinned"
-        return f"VaultClient({self._http!r}, fleet keys {pinned})"
+        if self._fleet_keys is not None:
+            trust = "pinned fleet keys"
+        elif self._fleet_trust is not None:
+            trust = f"fleet trust {type(self._fleet_trust).__name__}"
+        else:
+            trust = "no fleet trust"
+        return f"VaultClient({self._http!r}, {trust})"
 
     # ------------------------------------------------------------ plumbing
 
@@ -323,21 +347,31 @@ class VaultClient:
     # ------------------------------------------------------------ fleet keys
 
     def fleet_keys(self) -> FleetPublicKeys:
-        """The fleet public keys: the pinned ones; else, only with
+        """The pinned fleet public keys; else, only with
         ``unsafe_trust_gateway_fleet_keys=True``, ``GET /v1/fleet`` once (then kept:
         trust on first use — a lying gateway could then stand in for the fleet and
-        attack the PIN offline; see the module docstring). Without either, raises
+        attack the PIN offline; see the module docstring). Without either (also with
+        only ``fleet_trust``, whose keys are per session), raises
         :class:`~hsmvault.errors.VerificationError` before anything secret is sent."""
         if self._fleet_keys is None:
             if not self._unsafe_tofu:
                 raise VerificationError(
-                    "no pinned fleet keys: pass fleet_keys=..., or"
+                    "no pinned fleet keys: pass fleet_keys=... or fleet_trust=..., or"
                     " unsafe_trust_gateway_fleet_keys=True for a gateway you trust"
                 )
             keys = self._retrying(self._http.fleet)
             _log.warning("using fleet keys fetched from the gateway (not pinned)")
             self._fleet_keys = keys
         return self._fleet_keys
+
+    def fleet_trust(self) -> FleetTrust:
+        """How each vault session's fleet is checked: ``fleet_trust``, or
+        :class:`PinnedFleetTrust` of the pinned (or, unsafely, gateway-given)
+        :meth:`fleet_keys`. Raises :class:`~hsmvault.errors.VerificationError` if there
+        is neither, before anything secret is sent."""
+        if self._fleet_trust is None:
+            self._fleet_trust = PinnedFleetTrust(self.fleet_keys())
+        return self._fleet_trust
 
     # ------------------------------------------------------------ backups
 
@@ -471,7 +505,7 @@ class VaultClient:
             self.user_id(),
             secret,
             backup_key,
-            self.fleet_keys(),
+            self.fleet_trust(),
             guess_limit=guess_limit,
             replace=replace,
             config=self._protocol,
@@ -527,7 +561,11 @@ class VaultClient:
         :class:`~hsmvault.client.errors.InvalidLogin` (``attempts_remaining``),
         :class:`~hsmvault.errors.LockedOut`, :class:`Unavailable`."""
         return vault_protocol.recover(
-            self._send, self.user_id(), self._as_secret(secret), config=self._protocol
+            self._send,
+            self.user_id(),
+            self._as_secret(secret),
+            self.fleet_trust(),
+            config=self._protocol,
         )
 
     def change_secret(
@@ -543,7 +581,7 @@ class VaultClient:
             self.user_id(),
             self._as_secret(old),
             new,
-            self.fleet_keys(),
+            self.fleet_trust(),
             config=self._protocol,
         )
 
@@ -552,7 +590,11 @@ class VaultClient:
         irreversible). Backups stay; only the device's BK or the 64-digit key opens
         them afterwards."""
         vault_protocol.delete_escrow(
-            self._send, self.user_id(), self._as_secret(secret), config=self._protocol
+            self._send,
+            self.user_id(),
+            self._as_secret(secret),
+            self.fleet_trust(),
+            config=self._protocol,
         )
 
     def attempts_remaining(self) -> int:
@@ -562,3 +604,42 @@ class VaultClient:
     @staticmethod
     def _as_secret(secret: VaultSecret | str) -> VaultSecret:
         return login_secret_from_text(secret) if isinstance(secret, str) else secret
+
+    # ------------------------------------------------------------ passkeys (ADR 0011)
+
+    def protect_with_passkey(self, authenticator: Authenticator, backup_key: BackupKey) -> bytes:
+        """Register a new passkey with ``authenticator`` (an app's platform API, see
+        :class:`~hsmvault.client.passkeys.Authenticator`) and store ``backup_key``
+        wrapped under its PRF output; returns the credential id. Adding a passkey needs
+        the backup key itself: the device has it, or the caller gets it first with
+        :meth:`recover` (PIN, password, recovery code) or :meth:`recover_with_passkey`.
+        Raises :class:`~hsmvault.client.passkeys.PrfUnavailable` if the authenticator
+        has no PRF (the new credential is then removed)."""
+        return flows.protect(PasskeyApi(self._http), authenticator, backup_key)
+
+    def recover_with_passkey(
+        self, authenticator: Authenticator, credential_id: bytes | None = None
+    ) -> BackupKey:
+        """The backup key protected by one of the user's passkeys (``credential_id``:
+        only that one). The gateway releases the wrapped key only after verifying the
+        assertion (user verification required). Raises
+        :class:`~hsmvault.client.passkeys.NoWrappedKey`,
+        :class:`~hsmvault.client.passkeys.PasskeyRefused`,
+        :class:`~hsmvault.errors.VerificationError` (wrong PRF output)."""
+        return flows.recover(PasskeyApi(self._http), authenticator, credential_id)
+
+    def list_passkeys(self) -> list[PasskeyInfo]:
+        """The user's passkeys (ids, times, whether each protects a key)."""
+        return flows.list_passkeys(PasskeyApi(self._http))
+
+    def remove_passkey(self, credential_id: bytes) -> None:
+        """Remove a passkey and its wrapped key at once (404 → ``NotFound``)."""
+        flows.remove(PasskeyApi(self._http), credential_id)
+
+    def rotate_passkey_salt(
+        self, authenticator: Authenticator, credential_id: bytes, backup_key: BackupKey
+    ) -> None:
+        """Give the passkey a new server-chosen PRF salt and re-wrap ``backup_key``
+        under the new PRF output (one assertion; the gateway commits salt and wrap
+        together, so the old PRF output no longer opens anything)."""
+        flows.rotate_salt(PasskeyApi(self._http), authenticator, credential_id, backup_key)

@@ -6,17 +6,33 @@ response — ``POST /v1/vault`` through the gateway in production
 (:class:`hsmvault.client.http.GatewayHttp`), ``VaultService.handle`` in tests. Nothing
 here does I/O of its own, so the whole protocol is testable in-process.
 
+**Which fleet (ADR 0010).** Every flow that opens a session takes a
+:class:`~hsmvault.client.fleet_trust.FleetTrust` (pinned keys:
+:class:`~hsmvault.client.fleet_trust.PinnedFleetTrust`; validation bundles:
+``client.bundle_verifier.BundleFleetTrust``). The first response of each session
+(``RegistrationStart``, ``LoginStart``) carries the fleet id, the fleet's validation
+bundle and the fleet's signature over the exact request bytes and that bundle; *before*
+anything else of that response is used, ``trust.session_keys(...)`` must return the
+session's :class:`FleetPublicKeys` — else its error (a
+:class:`~hsmvault.transparency.errors.BundleError`) propagates and nothing further is
+sent. Those keys are what KE2's/the registration response's AKE key is compared with and
+what uploads are sealed to. Refusals (a non-OK outcome) carry no payload and raise their
+own errors without a trust check; they reveal nothing and nothing is sent after them.
+
 What each flow does (numbered as the code does it):
 
 :func:`enroll` — 1. OPAQUE registration request → ``RegistrationStart``; the node
-answers with a fresh credential nonce. 2. Finish OPAQUE registration with the enrolment
-KSF (checked against the :class:`KsfPolicy`) and check that the node's AKE key is the
-fleet's. 3. Wrap BK under the OPAQUE export key (``crypto.key_wrap``, purpose
-``opaque-export-key``, context = user id). 4. Seal record + KSF parameters + wrapped key
-to the fleet's ``enc`` key under ``upload_context(user id, nonce)``. 5. ``Register``.
+answers with a fresh credential nonce; the trust check gives the session's fleet keys.
+2. Finish OPAQUE registration with the enrolment KSF (checked against the
+:class:`KsfPolicy`) and check that the node's AKE key is the trusted fleet's.
+3. Wrap BK under the OPAQUE export key (``crypto.key_wrap``, purpose
+``opaque-export-key``, context = user id). 4. Seal record + KSF parameters + wrapped
+key to the trusted fleet's ``enc`` key under ``upload_context(user id, nonce)``.
+5. ``Register``.
 
 :func:`recover` — 1. ``LoginStart`` with KE1; the node counts the guess *before* it
-answers with KE2, the KSF parameters and the attempts left. 2. Refuse parameters outside
+answers with KE2, the KSF parameters and the attempts left; the trust check (a failure
+there sends nothing more, not even the closing KE3). 2. Refuse parameters outside
 the policy. 3. Finish OPAQUE locally; a wrong secret fails here (the guess is already
 spent): the client closes the session with a dummy KE3 — so a record at its limit is
 erased at once and the session slot freed — and raises :class:`InvalidLogin` with the
@@ -26,7 +42,8 @@ seals the wrapped key to the session key. 5. Open the box, unwrap BK.
 :func:`change_secret` / :func:`delete_escrow` — a login as above, then a
 ``ChangeSecret`` (a fresh registration for the new secret, sealed as in :func:`enroll`)
 or ``Delete``, each carrying an HMAC under the session key: the session id alone crossed
-the untrusted host.
+the untrusted host. The change-secret registration must be answered by the fleet the
+login was (its upload is opened by the login's node).
 
 Errors: outcomes map to :class:`~hsmvault.client.errors.InvalidLogin`,
 :class:`~hsmvault.errors.LockedOut`, :class:`~hsmvault.client.errors.Unavailable`
@@ -51,6 +68,7 @@ from hsmvault.client.errors import (
     RequestRefused,
     Unavailable,
 )
+from hsmvault.client.fleet_trust import FleetTrust, PinnedFleetTrust
 from hsmvault.client.recovery_codes import VaultSecret
 from hsmvault.crypto.backup_stream import BackupKey
 from hsmvault.crypto.fleet_seal import PURPOSE_REGISTRATION_UPLOAD, seal_to_fleet
@@ -87,6 +105,7 @@ from hsmvault.errors import (
     VerificationError,
 )
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
+from hsmvault.transparency.errors import FleetKeyMismatch
 from hsmvault.wire.hsm_api import (
     AUTHENTICATOR_LEN,
     DEFAULT_GUESS_LIMIT,
@@ -127,6 +146,8 @@ __all__ = [
     "delete_escrow",
     "enroll",
     "recover",
+    "trust_for",
+    "verify_start",
 ]
 
 Transport = Callable[[bytes], bytes]
@@ -214,6 +235,10 @@ DEFAULT_PROTOCOL_CONFIG: Final = VaultProtocolConfig()
 
 SecretInput = VaultSecret | bytes
 _R = TypeVar("_R", bound=Response)
+_S = TypeVar("_S", RegistrationStartResponse, LoginStartResponse)
+TrustInput = FleetTrust | FleetPublicKeys
+"""A :class:`FleetTrust`, or pinned :class:`FleetPublicKeys` (wrapped in
+:class:`PinnedFleetTrust`)."""
 
 
 # ------------------------------------------------------------------ plumbing
@@ -249,10 +274,24 @@ def _refuse(outcome: Outcome, *, attempts_left: int | None = None) -> NoReturn:
     raise DecodeError("unexpected outcome")  # pragma: no cover - OK is never refused
 
 
+def trust_for(trust: TrustInput) -> FleetTrust:
+    """``trust`` itself, or :class:`PinnedFleetTrust` of pinned :class:`FleetPublicKeys`."""
+    if isinstance(trust, FleetPublicKeys):
+        return PinnedFleetTrust(trust)
+    if not callable(getattr(trust, "session_keys", None)):
+        raise InvalidParameter("trust must be a FleetTrust or FleetPublicKeys")
+    return trust
+
+
 def _call(send: Transport, request: Request, expected: type[_R]) -> _R:
     """Send ``request``; return its response of type ``expected`` with outcome OK, or
     raise for any other outcome (see :func:`_refuse`)."""
-    response = decode_response(send(request.to_bytes()))
+    return _answer(send(request.to_bytes()), expected)
+
+
+def _answer(raw: bytes, expected: type[_R]) -> _R:
+    """Parse ``raw`` as ``expected`` with outcome OK, or raise (see :func:`_call`)."""
+    response = decode_response(raw)
     if isinstance(response, ErrorResponse):
         _refuse(response.outcome)
     if not isinstance(response, expected):
@@ -262,16 +301,49 @@ def _call(send: Transport, request: Request, expected: type[_R]) -> _R:
     return response
 
 
+def verify_start(
+    trust: TrustInput,
+    request: bytes,
+    response: RegistrationStartResponse | LoginStartResponse,
+) -> FleetPublicKeys:
+    """The trust check of a session's first response: the keys ``trust`` returns for
+    the fleet that answered the exact ``request`` bytes with ``response`` (outcome OK).
+    Raises the trust's :class:`~hsmvault.transparency.errors.BundleError` (and
+    :class:`FleetKeyMismatch` if it returns keys of another fleet than the answer
+    names); :class:`InvalidParameter` for a refusal (it has nothing to check)."""
+    if response.outcome is not Outcome.OK:
+        raise InvalidParameter("only an OK start response carries a fleet signature")
+    keys = trust_for(trust).session_keys(
+        response.fleet_id, request, response.bundle, response.fleet_signature
+    )
+    if not isinstance(keys, FleetPublicKeys) or keys.fleet_id != response.fleet_id:
+        raise FleetKeyMismatch("the trusted keys are not those of the answering fleet")
+    return keys
+
+
+def _start(
+    send: Transport, request: Request, expected: type[_S], trust: FleetTrust
+) -> tuple[_S, FleetPublicKeys]:
+    """Send the first request of a session and establish which fleet answered: the OK
+    response and the keys ``trust`` returns for it. Nothing of the response but its type
+    and outcome is looked at before the trust check passes; its errors propagate."""
+    raw = request.to_bytes()
+    response = _answer(send(raw), expected)
+    return response, verify_start(trust, raw, response)
+
+
 def _opaque(config: VaultProtocolConfig, ksf: Ksf) -> OpaqueClient:
     return OpaqueClient(OpaqueConfig(context=config.opaque_context, ksf=ksf))
 
 
 @dataclass(frozen=True, slots=True)
 class _Registration:
-    """A prepared registration: the node's nonce and the sealed upload (no secrets)."""
+    """A prepared registration: the node's nonce, the sealed upload (no secrets) and
+    the fleet it was sealed to."""
 
     credential_nonce: bytes
     sealed_upload: bytes
+    fleet_id: bytes
 
 
 def _prepare_registration(
@@ -280,7 +352,7 @@ def _prepare_registration(
     *,
     secret: bytes,
     backup_key: BackupKey,
-    fleet_keys: FleetPublicKeys,
+    trust: FleetTrust,
     ksf_params: KsfParams,
     config: VaultProtocolConfig,
 ) -> _Registration:
@@ -288,10 +360,11 @@ def _prepare_registration(
     ksf = config.ksf_policy.ksf_for(ksf_params)
     opaque = _opaque(config, ksf)
     request, state = opaque.start_registration(secret)  # 1.
-    start = _call(
+    start, fleet_keys = _start(
         send,
         RegistrationStartRequest(user_id, request.to_bytes()),
         RegistrationStartResponse,
+        trust,
     )
     result = opaque.finish_registration(  # 2.
         state, RegistrationResponse.from_bytes(start.registration_response)
@@ -308,7 +381,7 @@ def _prepare_registration(
         purpose=PURPOSE_REGISTRATION_UPLOAD,
         context=upload_context(user_id, start.credential_nonce),
     )
-    return _Registration(start.credential_nonce, sealed)
+    return _Registration(start.credential_nonce, sealed, fleet_keys.fleet_id)
 
 
 @dataclass(eq=False, slots=True)
@@ -320,6 +393,7 @@ class _Session:
     export_key: bytes = field(repr=False)
     wrapped_key: bytes = field(repr=False)
     attempts_remaining: int
+    fleet_keys: FleetPublicKeys
 
 
 def _abandon(send: Transport, session_id: bytes) -> None:
@@ -329,11 +403,19 @@ def _abandon(send: Transport, session_id: bytes) -> None:
         send(LoginFinishRequest(session_id, bytes(64)).to_bytes())
 
 
-def _login(send: Transport, user_id: bytes, secret: bytes, config: VaultProtocolConfig) -> _Session:
+def _login(
+    send: Transport,
+    user_id: bytes,
+    secret: bytes,
+    config: VaultProtocolConfig,
+    trust: FleetTrust,
+) -> _Session:
     """Steps 1-4 of :func:`recover`: a completed login with the wrapped key opened."""
     _check_user_id(user_id)
     ke1, state = OpaqueClient().start_login(secret)
-    start = _call(send, LoginStartRequest(user_id, ke1.to_bytes()), LoginStartResponse)  # 1.
+    start, fleet_keys = _start(  # 1. a failed trust check sends nothing more
+        send, LoginStartRequest(user_id, ke1.to_bytes()), LoginStartResponse, trust
+    )
     left = start.attempts_remaining
     try:
         ksf = config.ksf_policy.ksf_for(KsfParams.from_bytes(start.ksf_params))  # 2.
@@ -358,7 +440,9 @@ def _login(send: Transport, user_id: bytes, secret: bytes, config: VaultProtocol
     wrapped = open_from_session(  # 5.
         result.session_key, finish.sealed_wrapped_key, label=LABEL_WRAPPED_KEY
     )
-    return _Session(start.session_id, result.session_key, result.export_key, wrapped, left)
+    return _Session(
+        start.session_id, result.session_key, result.export_key, wrapped, left, fleet_keys
+    )
 
 
 def _unwrap(session: _Session, user_id: bytes) -> BackupKey:
@@ -375,22 +459,25 @@ def enroll(
     user_id: bytes,
     secret: SecretInput,
     backup_key: BackupKey,
-    fleet_keys: FleetPublicKeys,
+    trust: TrustInput,
     *,
     guess_limit: int = DEFAULT_GUESS_LIMIT,
     ksf: KsfParams | None = None,
     replace: bool = False,
     config: VaultProtocolConfig = DEFAULT_PROTOCOL_CONFIG,
 ) -> None:
-    """Escrow ``backup_key`` with the fleet under ``secret`` (see the module docstring).
+    """Escrow ``backup_key`` with the fleet under ``secret`` (see the module docstring);
+    ``trust`` decides which fleet keys the session may use.
 
     ``ksf`` overrides ``config.enrolment_ksf`` (it must pass ``config.ksf_policy``).
     ``replace=True`` overwrites an existing record (or re-enrols a locked-out id; the
     gateway decides who may). Raises :class:`AlreadyEnrolled`, :class:`LockedOut` (a
     locked-out id without ``replace``), :class:`Unavailable`,
     :class:`KsfParametersRefused`, :class:`~hsmvault.errors.VerificationError` (the node
-    answered with another fleet's key).
+    answered with another fleet's key; a
+    :class:`~hsmvault.transparency.errors.BundleError` from the trust check).
     """
+    fleet_trust = trust_for(trust)
     _check_user_id(user_id)
     if not isinstance(backup_key, BackupKey):
         raise InvalidParameter("backup_key must be a BackupKey")
@@ -401,7 +488,7 @@ def enroll(
         user_id,
         secret=_secret_bytes(secret),
         backup_key=backup_key,
-        fleet_keys=fleet_keys,
+        trust=fleet_trust,
         ksf_params=ksf if ksf is not None else config.enrolment_ksf,
         config=config,
     )
@@ -422,14 +509,17 @@ def recover(
     send: Transport,
     user_id: bytes,
     secret: SecretInput,
+    trust: TrustInput,
     *,
     config: VaultProtocolConfig = DEFAULT_PROTOCOL_CONFIG,
 ) -> BackupKey:
     """Log in with ``secret`` and return the escrowed backup key. Costs one guess if the
     secret is wrong (:class:`InvalidLogin` with ``attempts_remaining``); raises
     :class:`LockedOut` once the record is erased, :class:`Unavailable` when the fleet
-    cannot answer (the guess may have been counted), :class:`KsfParametersRefused`."""
-    session = _login(send, user_id, _secret_bytes(secret), config)
+    cannot answer (the guess may have been counted), :class:`KsfParametersRefused`, a
+    :class:`~hsmvault.transparency.errors.BundleError` when ``trust`` refuses the
+    answering fleet (the guess was counted; nothing more is sent)."""
+    session = _login(send, user_id, _secret_bytes(secret), config, trust_for(trust))
     return _unwrap(session, user_id)
 
 
@@ -438,26 +528,31 @@ def change_secret(
     user_id: bytes,
     old_secret: SecretInput,
     new_secret: SecretInput,
-    fleet_keys: FleetPublicKeys,
+    trust: TrustInput,
     *,
     config: VaultProtocolConfig = DEFAULT_PROTOCOL_CONFIG,
 ) -> BackupKey:
     """Replace ``old_secret`` by ``new_secret`` (the same backup key stays escrowed,
     the record keeps its guess limit) and return that key. Needs the old secret: a wrong
     one costs a guess, as in :func:`recover`. The new registration uses
-    ``config.enrolment_ksf``."""
+    ``config.enrolment_ksf``. Both sessions (the login and the new registration) must
+    pass ``trust``, and be answered by the same fleet (else
+    :class:`~hsmvault.transparency.errors.FleetKeyMismatch` before the change is sent)."""
+    fleet_trust = trust_for(trust)
     new = _secret_bytes(new_secret)
-    session = _login(send, user_id, _secret_bytes(old_secret), config)
+    session = _login(send, user_id, _secret_bytes(old_secret), config, fleet_trust)
     backup_key = _unwrap(session, user_id)
     registration = _prepare_registration(
         send,
         user_id,
         secret=new,
         backup_key=backup_key,
-        fleet_keys=fleet_keys,
+        trust=fleet_trust,
         ksf_params=config.enrolment_ksf,
         config=config,
     )
+    if registration.fleet_id != session.fleet_keys.fleet_id:
+        raise FleetKeyMismatch("the new registration was answered by another fleet")
     unsigned = ChangeSecretRequest(
         session.session_id,
         registration.credential_nonce,
@@ -478,12 +573,14 @@ def delete_escrow(
     send: Transport,
     user_id: bytes,
     secret: SecretInput,
+    trust: TrustInput,
     *,
     config: VaultProtocolConfig = DEFAULT_PROTOCOL_CONFIG,
 ) -> None:
     """Log in with ``secret``, then delete the record in every replica (immediate and
-    irreversible). A wrong secret costs a guess, as in :func:`recover`."""
-    session = _login(send, user_id, _secret_bytes(secret), config)
+    irreversible). A wrong secret costs a guess, as in :func:`recover`; ``trust`` as
+    there."""
+    session = _login(send, user_id, _secret_bytes(secret), config, trust_for(trust))
     unsigned = DeleteRequest(session.session_id, bytes(AUTHENTICATOR_LEN))
     tag = session_authenticator(
         session.session_key, unsigned.authenticated_bytes(), label=LABEL_DELETE

@@ -8,10 +8,14 @@ nodes share:
 * the fake record answering unknown users (RFC 9807 §10.9), fixed at formation so every
   node answers an unknown id identically,
 * an X25519 key pair ``enc`` that clients seal registration uploads to
-  (HPKE, :mod:`hsmvault.crypto.fleet_seal`; nodes open with :meth:`FleetSecretKeys.enc_private`).
+  (HPKE, :mod:`hsmvault.crypto.fleet_seal`; nodes open with :meth:`FleetSecretKeys.enc_private`),
+* an Ed25519 key pair ``sig`` (RFC 8032) with which a node signs the first response of
+  every session (:func:`hsmvault.wire.fleet_session.fleet_session_message`, ADR 0010), so
+  a client can tell that a holder of the published fleet keys answered it.
 
 :class:`FleetSecretKeys` holds them; :class:`FleetPublicKeys` (fleet id, AKE public key,
-enc public key) is what clients pin or receive in a validation bundle, as strict JSON.
+enc public key, sig public key) is what clients pin or receive in a validation bundle, as
+strict JSON.
 
 **Where a node keeps them (decision).** Each node stores its copy *sealed by its own key
 custody* (:data:`SEAL_PURPOSE`, associated data = the fleet id) in a file of its
@@ -26,10 +30,14 @@ the keys in the formation process and hands each node process its plaintext copy
 over a pipe, to seal. The published ceremony (keys generated inside one HSM, shared only
 to attested members) is a later issue.
 
-Encoding of the secret keys, version 1 (fixed length, :data:`SECRET_KEYS_LEN` bytes)::
+Encoding of the secret keys, version 2 (fixed length, :data:`SECRET_KEYS_LEN` bytes)::
 
-    "HVFK" | version u8 = 1 | fleet id (32) | AKE private scalar (32, canonical, non-zero)
+    "HVFK" | version u8 = 2 | fleet id (32) | AKE private scalar (32, canonical, non-zero)
     | oprf_seed (64) | fake RegistrationRecord (192) | enc X25519 private key (32)
+    | sig Ed25519 private key (32, the RFC 8032 seed)
+
+Version 1 (without ``sig``) is no longer accepted: fleets formed before issue 5 must be
+formed again (there is no production data yet).
 
 ``from_bytes`` accepts exactly what ``to_bytes`` makes; anything else raises
 :class:`~hsmvault.errors.DecodeError`. Secret-bearing objects have a redacted ``repr``,
@@ -45,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hsmvault.crypto.opaque.config import OpaqueConfig
@@ -73,16 +81,23 @@ __all__ = [
 ]
 
 SECRET_KEYS_MAGIC: Final = b"HVFK"
-SECRET_KEYS_VERSION: Final = 1
+SECRET_KEYS_VERSION: Final = 2
 FLEET_ID_LEN: Final = 32
 _KEY_LEN: Final = 32
 SECRET_KEYS_LEN: Final = (
-    len(SECRET_KEYS_MAGIC) + 1 + FLEET_ID_LEN + _KEY_LEN + NH + RegistrationRecord.LEN + _KEY_LEN
+    len(SECRET_KEYS_MAGIC)
+    + 1
+    + FLEET_ID_LEN
+    + _KEY_LEN
+    + NH
+    + RegistrationRecord.LEN
+    + _KEY_LEN
+    + _KEY_LEN
 )
 #: The custody purpose under which a node seals its copy of the fleet keys.
 SEAL_PURPOSE: Final = b"hsmvault/fleet-keys/v1"
-#: Version of the public-keys JSON document.
-PUBLIC_KEYS_VERSION: Final = 1
+#: Version of the public-keys JSON document (2: ``sig_public_key`` added, issue 5).
+PUBLIC_KEYS_VERSION: Final = 2
 
 #: HKDF ``info`` label of the fleet snapshot key (:meth:`FleetSecretKeys.snapshot_key`).
 SNAPSHOT_KEY_INFO: Final = b"hsmvault/fleet/raft-snapshot-key/v1"
@@ -108,18 +123,25 @@ def _x25519_public(private_key: bytes) -> bytes:
     return x25519.X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
 
 
+def _ed25519_public(private_key: bytes) -> bytes:
+    return ed25519.Ed25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+
+
 @dataclass(frozen=True)
 class FleetPublicKeys:
     """The public half of a fleet's keys: the fleet id, the OPAQUE AKE public key
-    (``server_public_key``) and the X25519 ``enc`` key clients seal uploads to.
+    (``server_public_key``), the X25519 ``enc`` key clients seal uploads to and the
+    Ed25519 ``sig`` key that signs each session's first response.
 
     Construction checks lengths and that ``ake_public_key`` is a canonical, non-identity
-    ristretto255 element (:class:`~hsmvault.errors.DecodeError` otherwise).
+    ristretto255 element (:class:`~hsmvault.errors.DecodeError` otherwise). The ``sig``
+    key is only checked for length here; a malformed point simply never verifies.
     """
 
     fleet_id: bytes
     ake_public_key: bytes
     enc_public_key: bytes
+    sig_public_key: bytes
 
     def __post_init__(self) -> None:
         if not all(isinstance(v, bytes) for v in (self.fleet_id, self.ake_public_key)):
@@ -128,6 +150,8 @@ class FleetPublicKeys:
             raise DecodeError("fleet id must be 32 bytes")
         if not isinstance(self.enc_public_key, bytes) or len(self.enc_public_key) != _KEY_LEN:
             raise DecodeError("enc public key must be 32 bytes")
+        if not isinstance(self.sig_public_key, bytes) or len(self.sig_public_key) != _KEY_LEN:
+            raise DecodeError("sig public key must be 32 bytes")
         Element.from_bytes(self.ake_public_key)  # raises DecodeError if not canonical
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +161,7 @@ class FleetPublicKeys:
             "fleet_id": self.fleet_id.hex(),
             "ake_public_key": self.ake_public_key.hex(),
             "enc_public_key": self.enc_public_key.hex(),
+            "sig_public_key": self.sig_public_key.hex(),
         }
 
     def to_json(self) -> str:
@@ -145,9 +170,10 @@ class FleetPublicKeys:
 
     @classmethod
     def from_dict(cls, obj: object) -> FleetPublicKeys:
-        """Parse the object form strictly: exactly the four keys, version 1, lowercase
-        hex of the right lengths. Raises :class:`DecodeError` otherwise."""
-        expected = {"version", "fleet_id", "ake_public_key", "enc_public_key"}
+        """Parse the object form strictly: exactly the five keys, version
+        :data:`PUBLIC_KEYS_VERSION`, lowercase hex of the right lengths. Raises
+        :class:`DecodeError` otherwise."""
+        expected = {"version", "fleet_id", "ake_public_key", "enc_public_key", "sig_public_key"}
         if not isinstance(obj, dict) or set(obj) != expected:
             raise DecodeError("fleet public keys: unexpected fields")
         if type(obj["version"]) is not int or obj["version"] != PUBLIC_KEYS_VERSION:
@@ -156,6 +182,7 @@ class FleetPublicKeys:
             fleet_id=_hex_field(obj["fleet_id"], FLEET_ID_LEN, "fleet_id"),
             ake_public_key=_hex_field(obj["ake_public_key"], _KEY_LEN, "ake_public_key"),
             enc_public_key=_hex_field(obj["enc_public_key"], _KEY_LEN, "enc_public_key"),
+            sig_public_key=_hex_field(obj["sig_public_key"], _KEY_LEN, "sig_public_key"),
         )
 
     @classmethod
@@ -193,6 +220,7 @@ class FleetSecretKeys:
     oprf_seed: bytes
     fake_record: bytes
     enc_private_key: bytes
+    sig_private_key: bytes
 
     def __post_init__(self) -> None:
         values = (
@@ -201,6 +229,7 @@ class FleetSecretKeys:
             self.oprf_seed,
             self.fake_record,
             self.enc_private_key,
+            self.sig_private_key,
         )
         if not all(isinstance(v, bytes) for v in values):
             raise DecodeError("fleet secret keys are bytes")
@@ -213,6 +242,8 @@ class FleetSecretKeys:
         RegistrationRecord.from_bytes(self.fake_record)
         if len(self.enc_private_key) != _KEY_LEN:
             raise DecodeError("enc private key must be 32 bytes")
+        if len(self.sig_private_key) != _KEY_LEN:
+            raise DecodeError("sig private key must be 32 bytes")
 
     @classmethod
     def generate(cls, fleet_id: bytes | None = None) -> FleetSecretKeys:
@@ -228,6 +259,7 @@ class FleetSecretKeys:
             oprf_seed=secrets.token_bytes(NH),
             fake_record=create_fake_record().to_bytes(),
             enc_private_key=x25519.X25519PrivateKey.generate().private_bytes_raw(),
+            sig_private_key=ed25519.Ed25519PrivateKey.generate().private_bytes_raw(),
         )
 
     def enc_private(self) -> x25519.X25519PrivateKey:
@@ -235,10 +267,20 @@ class FleetSecretKeys:
         (:func:`hsmvault.crypto.fleet_seal.open_from_client`)."""
         return x25519.X25519PrivateKey.from_private_bytes(self.enc_private_key)
 
+    def sig_private(self) -> ed25519.Ed25519PrivateKey:
+        """The ``sig`` private key, to sign each session's first response over
+        :func:`hsmvault.wire.fleet_session.fleet_session_message` (ADR 0010)."""
+        return ed25519.Ed25519PrivateKey.from_private_bytes(self.sig_private_key)
+
     def public(self) -> FleetPublicKeys:
         """The public half."""
         ake_public = bytes(base_mult(Scalar.from_bytes(self.ake_private_key)))
-        return FleetPublicKeys(self.fleet_id, ake_public, _x25519_public(self.enc_private_key))
+        return FleetPublicKeys(
+            self.fleet_id,
+            ake_public,
+            _x25519_public(self.enc_private_key),
+            _ed25519_public(self.sig_private_key),
+        )
 
     def opaque_server(self, config: OpaqueConfig | None = None) -> OpaqueServer:
         """The :class:`OpaqueServer` these keys define (same on every node)."""
@@ -265,7 +307,7 @@ class FleetSecretKeys:
         return hkdf.derive(self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        """The version-1 encoding (secret: seal it before it leaves the node)."""
+        """The version-2 encoding (secret: seal it before it leaves the node)."""
         return (
             SECRET_KEYS_MAGIC
             + bytes([SECRET_KEYS_VERSION])
@@ -274,11 +316,12 @@ class FleetSecretKeys:
             + self.oprf_seed
             + self.fake_record
             + self.enc_private_key
+            + self.sig_private_key
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FleetSecretKeys:
-        """Parse the version-1 encoding strictly; raises :class:`DecodeError` only."""
+        """Parse the version-2 encoding strictly; raises :class:`DecodeError` only."""
         if not isinstance(data, bytes | bytearray):
             raise DecodeError("fleet secret keys must be bytes")
         data = bytes(data)
@@ -291,7 +334,7 @@ class FleetSecretKeys:
             raise DecodeError("fleet secret keys have the wrong length")
         pos = head + 1
         parts: list[bytes] = []
-        for size in (FLEET_ID_LEN, _KEY_LEN, NH, RegistrationRecord.LEN, _KEY_LEN):
+        for size in (FLEET_ID_LEN, _KEY_LEN, NH, RegistrationRecord.LEN, _KEY_LEN, _KEY_LEN):
             parts.append(data[pos : pos + size])
             pos += size
         return cls(*parts)

@@ -45,8 +45,10 @@ __all__ = [
 KIND_VAULT: Final = 0x01
 KIND_NODE_INFO: Final = 0x02
 _KINDS: Final = frozenset({KIND_VAULT, KIND_NODE_INFO})
-#: Largest frame (kind byte + body). Wire requests are a few KiB at most.
-MAX_FRAME_LEN: Final = 64 * 1024
+#: Largest frame (kind byte + body): 128 KiB. Wire messages are a few KiB, plus at most
+#: one validation bundle (``wire.hsm_api.MAX_BUNDLE_LEN``, 64 KiB) in ``InstallBundle``
+#: and in the start responses.
+MAX_FRAME_LEN: Final = 128 * 1024
 _LEN: Final = struct.Struct(">I")
 NODE_INFO_VERSION: Final = 2
 _MAX_REGION_LEN: Final = 64

@@ -20,6 +20,10 @@ Contracts of :meth:`FleetClient.call`:
 Retrying a request on another node is safe for the vault: a ``LoginStart`` whose answer
 was lost may have counted one guess (the count is committed before KE2 exists), and
 repeating it counts at most one more, exactly as a user retrying would.
+
+:meth:`FleetClient.install_bundle` is the operator's path to the fleet's validation
+bundle (ADR 0010, "Delivery"): one ``InstallBundle`` request with failover (installing
+is idempotent, so a retry on another node is safe).
 """
 
 from __future__ import annotations
@@ -31,13 +35,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsmvault.errors import DecodeError, InvalidParameter, Unavailable
+from hsmvault.errors import DecodeError, InvalidParameter, Unavailable, VaultError
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
 from hsmvault.fleet.formation import FleetLayout
 from hsmvault.fleet.node_api import KIND_NODE_INFO, KIND_VAULT, NodeInfo, recv_frame, send_frame
-from hsmvault.wire.hsm_api import Outcome, Response, decode_response
+from hsmvault.wire.hsm_api import (
+    MAX_BUNDLE_LEN,
+    MAX_EPOCH,
+    InstallBundleRequest,
+    InstallBundleResponse,
+    Outcome,
+    Response,
+    decode_response,
+)
 
-__all__ = ["FleetClient", "FleetClientConfig", "NodeAnswer"]
+__all__ = ["BundleInstallRefused", "FleetClient", "FleetClientConfig", "NodeAnswer"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +69,15 @@ class FleetClientConfig:
     def __post_init__(self) -> None:
         if not (self.connect_timeout > 0 and self.request_timeout > 0):
             raise InvalidParameter("timeouts must be positive")
+
+
+class BundleInstallRefused(VaultError):
+    """The fleet refused a validation bundle: ``outcome`` is ``STALE_EPOCH`` (it holds a
+    higher epoch), ``EPOCH_CONFLICT`` (other bytes for this epoch) or ``BAD_REQUEST``."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(f"the fleet refused the bundle: {outcome.name}")
+        self.outcome = outcome
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,27 @@ class FleetClient:
         if last_unavailable is not None and not failover:
             return last_unavailable
         raise Unavailable(f"no node of the fleet answered (tried {len(order)})")
+
+    def install_bundle(self, epoch: int, bundle: bytes) -> int:
+        """Make ``bundle`` (1..64 KiB, opaque to the fleet) the fleet's validation bundle
+        at ``epoch``, committed through consensus. Returns the epoch now current (==
+        ``epoch``; also when that exact bundle was already installed). Raises
+        :class:`BundleInstallRefused` for a lower epoch or other bytes at the same epoch,
+        :class:`Unavailable` if no node could commit it (it may still have; calling again
+        is safe), :class:`InvalidParameter` for arguments out of range."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+            raise InvalidParameter("epoch must be a u64")
+        if not isinstance(bundle, bytes) or not 1 <= len(bundle) <= MAX_BUNDLE_LEN:
+            raise InvalidParameter(f"bundle must be 1..{MAX_BUNDLE_LEN} bytes")
+        answer = self.call(InstallBundleRequest(epoch, bundle).to_bytes())
+        response = answer.response
+        if not isinstance(response, InstallBundleResponse):
+            raise BundleInstallRefused(response.outcome)  # ErrorResponse: a node too old
+        if response.outcome is Outcome.OK:
+            if response.epoch != epoch:  # pragma: no cover - a node that breaks the contract
+                raise DecodeError("the fleet installed another epoch than requested")
+            return response.epoch
+        raise BundleInstallRefused(response.outcome)
 
     def node_info(self, index: int) -> NodeInfo:
         """Node ``index``'s :class:`NodeInfo`; :class:`Unavailable` if it cannot answer."""

@@ -381,6 +381,8 @@ class NodeProcess:
                 keys.opaque_server(),
                 consensus,
                 upload_key=keys.enc_private(),
+                fleet_id=keys.fleet_id,
+                signing_key=keys.sig_private(),
                 config=VaultServiceConfig(),
                 rejoin=self._handle_rejoin,
             )

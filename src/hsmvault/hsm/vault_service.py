@@ -15,12 +15,19 @@ and credential nonce). The node opens it with ``upload_key`` (the fleet's ``enc`
 key); one made for another user id, another nonce or another fleet, or altered, does not
 open.
 
+Fleet session signature (ADR 0010, "Delivery"): both start responses carry the fleet
+id, the fleet's current validation bundle as committed on this node (empty if none) and
+the fleet ``sig`` key's Ed25519 signature over
+:func:`~hsmvault.wire.fleet_session.fleet_session_message` of the fleet id, the *exact*
+request bytes received and that bundle — for unknown users too (same path). The node
+never parses the bundle; clients verify it.
+
 Flows (numbered as enforced):
 
 Registration start
     1. parse the ``RegistrationRequest``; 2. draw a fresh 32-byte ``credential_nonce``;
-    3. answer RFC 9807 §5.2.2 for credential identifier ``cid(user_id, nonce)``.
-    Stateless. Because the OPRF key is derived from the *nonce* too, and the node never
+    3. answer RFC 9807 §5.2.2 for credential identifier ``cid(user_id, nonce)``, signed
+    as above. Stateless. Because the OPRF key is derived from the *nonce* too, and the node never
     evaluates under a nonce it did not just draw, registration is not an oracle for the
     OPRF key of any stored record (no uncounted guesses, no pre-registration
     precomputation).
@@ -33,7 +40,7 @@ Login start
     3. commit ``BeginAttempt`` — the guess counter's increment is committed before
     KE2 exists; if it cannot commit, no KE2 is ever computed; 4. compute KE2 with the
     real record, or for an unknown user with the server's fake record (RFC 9807 §10.9);
-    5. store a single-use pending session; answer.
+    5. store a single-use pending session; answer, signed as above.
 Login finish
     1. parse KE3; 2. take (remove) the pending session; 3. ``finish_login``;
     4a. wrong KE3: commit ``RecordFailure`` (``NoOp`` for an unknown user) →
@@ -60,6 +67,12 @@ attacker who makes two login starts for one id can tell a fresh real record from
 unknown id (at the cost of a real guess); hiding that would need per-id counters for
 ids that do not exist, i.e. unbounded replicated state.
 
+Install bundle (operator, relayed by the host)
+    commit the bundle in ``BundlePart`` commands (``hsm.vault_state``); ``OK`` with the
+    epoch once installed (or if that exact bundle already is), ``STALE_EPOCH`` below the
+    current epoch, ``EPOCH_CONFLICT`` for the current epoch with other bytes,
+    ``UNAVAILABLE`` if the parts could not all commit (or another install interleaved):
+    retrying, on any node, restarts from the first part. No session is touched.
 Rejoin (fleet-internal)
     delegated to the ``rejoin`` handler the node process provides (ticket checks and
     the membership change live there, ADR 0005 "Rejoin"); without a handler
@@ -82,6 +95,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hsmvault.crypto.fleet_seal import PURPOSE_REGISTRATION_UPLOAD, open_from_client
@@ -108,6 +122,8 @@ from hsmvault.hsm.vault_state import (
     Applied,
     AttemptGranted,
     BeginAttempt,
+    BundleInstalled,
+    BundleStaged,
     Command,
     CommandResult,
     Delete,
@@ -120,12 +136,15 @@ from hsmvault.hsm.vault_state import (
     Replace,
     SuccessRecorded,
     VaultState,
+    bundle_parts,
     decode_result,
     encode_command,
 )
+from hsmvault.wire.fleet_session import fleet_session_message
 from hsmvault.wire.hsm_api import (
     CREDENTIAL_NONCE_LEN,
     DEFAULT_GUESS_LIMIT,
+    FLEET_ID_LEN,
     MAX_GUESS_LIMIT,
     MIN_GUESS_LIMIT,
     SESSION_ID_LEN,
@@ -135,6 +154,8 @@ from hsmvault.wire.hsm_api import (
     ChangeSecretResponse,
     DeleteRequest,
     DeleteResponse,
+    InstallBundleRequest,
+    InstallBundleResponse,
     LoginFinishRequest,
     LoginFinishResponse,
     LoginStartRequest,
@@ -258,8 +279,10 @@ class VaultService:
 
     ``upload_key`` is the fleet's ``enc`` private key
     (:meth:`hsmvault.fleet.fleet_keys.FleetSecretKeys.enc_private`), which opens the
-    sealed uploads of Register and ChangeSecret. ``clock`` (monotonic seconds) and
-    ``rng`` are injectable for tests.
+    sealed uploads of Register and ChangeSecret; ``fleet_id`` and ``signing_key`` (the
+    fleet's ``sig`` key, :meth:`~hsmvault.fleet.fleet_keys.FleetSecretKeys.sig_private`)
+    sign the start responses. ``clock`` (monotonic seconds) and ``rng`` are injectable
+    for tests.
     """
 
     __slots__ = (
@@ -267,6 +290,7 @@ class VaultService:
         "_config",
         "_consensus",
         "_fake_ksf",
+        "_fleet_id",
         "_index_key",
         "_lock",
         "_rejoin",
@@ -274,6 +298,7 @@ class VaultService:
         "_rng",
         "_server",
         "_sessions",
+        "_signing_key",
         "_upload_key",
     )
 
@@ -283,6 +308,8 @@ class VaultService:
         consensus: Consensus,
         *,
         upload_key: X25519PrivateKey,
+        fleet_id: bytes,
+        signing_key: Ed25519PrivateKey,
         config: VaultServiceConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: RandomBytes | None = None,
@@ -294,6 +321,12 @@ class VaultService:
         if not isinstance(upload_key, X25519PrivateKey):
             raise InvalidParameter("upload_key must be an X25519 private key")
         self._upload_key = upload_key
+        if not isinstance(fleet_id, bytes) or len(fleet_id) != FLEET_ID_LEN:
+            raise InvalidParameter("fleet_id must be 32 bytes")
+        if not isinstance(signing_key, Ed25519PrivateKey):
+            raise InvalidParameter("signing_key must be an Ed25519 private key")
+        self._fleet_id = fleet_id
+        self._signing_key = signing_key
         self._config = config if config is not None else VaultServiceConfig()
         self._clock = clock
         self._rng: RandomBytes = rng if rng is not None else secrets.token_bytes
@@ -310,7 +343,7 @@ class VaultService:
         request: Request | None = None
         try:
             request = decode_request(request_bytes)
-            response = self._dispatch(request)
+            response = self._dispatch(request, bytes(request_bytes))
         except (DecodeError, InvalidParameter):
             response = refusal_for(request, Outcome.BAD_REQUEST)
         except Unavailable:
@@ -323,14 +356,15 @@ class VaultService:
         _log.debug("%s -> %s", type(request).__name__, response.outcome.name)
         return response.to_bytes()
 
-    def _dispatch(self, request: Request) -> Response:  # noqa: PLR0911 - one arm per type
+    def _dispatch(self, request: Request, raw: bytes) -> Response:  # noqa: PLR0911
+        """One arm per request type; ``raw`` is the exact bytes received (signed over)."""
         match request:
             case RegistrationStartRequest():
-                return self._registration_start(request)
+                return self._registration_start(request, raw)
             case RegisterRequest():
                 return self._register(request)
             case LoginStartRequest():
-                return self._login_start(request)
+                return self._login_start(request, raw)
             case LoginFinishRequest():
                 return self._login_finish(request)
             case AttemptsRemainingRequest():
@@ -343,6 +377,8 @@ class VaultService:
                 return self._status()
             case RejoinRequest():
                 return self._handle_rejoin(request)
+            case InstallBundleRequest():
+                return self._install_bundle(request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _handle_rejoin(self, request: RejoinRequest) -> Response:
@@ -389,6 +425,14 @@ class VaultService:
             raise DecodeError("the identity KSF is refused for real records")
         return upload
 
+    def _session_proof(self, raw: bytes) -> tuple[bytes, bytes]:
+        """The committed bundle (empty if none) and the fleet signature over
+        ``fleet_session_message(fleet_id, raw, bundle)``."""
+        installed = self._consensus.state().bundle()
+        bundle = b"" if installed is None else installed.bundle
+        message = fleet_session_message(self._fleet_id, raw, bundle)
+        return bundle, self._signing_key.sign(message)
+
     def _index(self, session_id: bytes) -> bytes:
         return hashlib.blake2b(session_id, key=self._index_key, digest_size=32).digest()
 
@@ -432,13 +476,16 @@ class VaultService:
 
     # ----------------------------------------------------------------- handlers
 
-    def _registration_start(self, request: RegistrationStartRequest) -> Response:
+    def _registration_start(self, request: RegistrationStartRequest, raw: bytes) -> Response:
         registration_request = RegistrationRequest.from_bytes(request.registration_request)
         nonce = self._rng(CREDENTIAL_NONCE_LEN)
         response = self._server.create_registration_response(
             registration_request, credential_identifier(request.user_id, nonce)
         )
-        return RegistrationStartResponse(Outcome.OK, nonce, response.to_bytes())
+        bundle, signature = self._session_proof(raw)
+        return RegistrationStartResponse(
+            Outcome.OK, nonce, response.to_bytes(), self._fleet_id, bundle, signature
+        )
 
     def _register(self, request: RegisterRequest) -> Response:
         upload = self._open_upload(  # 1.-2.
@@ -462,7 +509,7 @@ class VaultService:
                 return RegisterResponse(Outcome.LOCKED_OUT)
         raise _InternalError("unexpected result for Register")
 
-    def _login_start(self, request: LoginStartRequest) -> Response:
+    def _login_start(self, request: LoginStartRequest, raw: bytes) -> Response:
         ke1 = KE1.from_bytes(request.ke1)  # 1. parse before anything is counted
         if not self._reserve_slot():  # 2.
             return LoginStartResponse.refused(Outcome.UNAVAILABLE)
@@ -500,7 +547,17 @@ class VaultService:
             )
         finally:
             self._release_slot()
-        return LoginStartResponse(Outcome.OK, session_id, ke2.to_bytes(), ksf_params, remaining)
+        bundle, signature = self._session_proof(raw)
+        return LoginStartResponse(
+            Outcome.OK,
+            session_id,
+            ke2.to_bytes(),
+            ksf_params,
+            remaining,
+            self._fleet_id,
+            bundle,
+            signature,
+        )
 
     def _login_finish(self, request: LoginFinishRequest) -> Response:
         ke3 = KE3.from_bytes(request.ke3)  # 1.
@@ -584,6 +641,24 @@ class VaultService:
         if isinstance(self._submit(Delete(session.user_id, session.record_version)), Applied):
             return DeleteResponse(Outcome.OK)
         return DeleteResponse(Outcome.NO_SESSION)
+
+    def _install_bundle(self, request: InstallBundleRequest) -> Response:
+        for part in bundle_parts(request.epoch, request.bundle):
+            match self._submit(part):
+                case BundleInstalled(epoch):
+                    return InstallBundleResponse(Outcome.OK, epoch)
+                case BundleStaged(received) if received == part.offset + len(part.data):
+                    continue
+                case Refused(Refusal.STALE_EPOCH):
+                    return InstallBundleResponse.refused(Outcome.STALE_EPOCH)
+                case Refused(Refusal.EPOCH_CONFLICT):
+                    return InstallBundleResponse.refused(Outcome.EPOCH_CONFLICT)
+                case Refused(Refusal.BUNDLE_SEQUENCE) | BundleStaged():
+                    # another install interleaved with ours: retrying restarts at part 0
+                    return InstallBundleResponse.refused(Outcome.UNAVAILABLE)
+                case _:
+                    raise _InternalError("unexpected result for BundlePart")
+        raise _InternalError("the last bundle part did not install the bundle")
 
     def _attempts_remaining(self, request: AttemptsRemainingRequest) -> Response:
         state = self._consensus.state()

@@ -15,6 +15,13 @@ State, per ``user_id`` (1..255 bytes), exactly one of:
   in every replica; only the user id and the erased version remain;
 * nothing.
 
+Fleet-wide, apart from users: the **current validation bundle** ``(epoch, bundle)``
+(ADR 0010, "Delivery"; opaque bytes, 1..64 KiB, never parsed here) or none, and the
+**staging** of the next one. A bundle can be larger than one replicated command
+(``fleet.codec.MAX_COMMAND_SIZE``), so it is committed in parts of at most
+:data:`BUNDLE_PART_LEN` bytes (``BundlePart``), each naming the epoch, the SHA-256 of
+the whole bundle, its total length and the part's offset; the last part installs it.
+
 Commands (see :func:`encode_command` for the byte format) and their results:
 
 =================================  =====================================================
@@ -32,6 +39,14 @@ Commands (see :func:`encode_command` for the byte format) and their results:
                                    same limit; ``STALE_VERSION`` as above
 ``Delete(user, version)``          record removed (no tombstone); ``STALE_VERSION``
 ``NoOp``                           ``Applied(0)`` — lets unknown users cost one round too
+``BundlePart(epoch, digest, total,  ``BundleStaged(received)``; ``BundleInstalled(epoch)``
+offset, data)``                    once the last part is in and the digest matches, or
+                                   at once if that exact bundle is the current one
+                                   (idempotent); ``STALE_EPOCH`` below the current epoch;
+                                   ``EPOCH_CONFLICT`` for the current epoch with another
+                                   digest or length; ``BUNDLE_SEQUENCE`` for a part that
+                                   does not continue the staging (offset 0 always
+                                   restarts it) or a digest that does not match
 =================================  =====================================================
 
 Bytes that do not decode as a command give ``Refused(MALFORMED_COMMAND)`` and change
@@ -50,12 +65,15 @@ Invariants (checked by ``tests/hsm/test_vault_state.py``):
    a live record (which gives an attacker no more: it destroys, never reveals).
 3. Versions only grow; a ``RecordSuccess``/``RecordFailure``/``Replace``/``Delete``
    naming an old version never touches a newer record.
+4. The bundle epoch never decreases, and an installed epoch never changes its bytes; a
+   staged bundle's epoch is above the current one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
@@ -66,6 +84,8 @@ from hsmvault.errors import DecodeError, InvalidParameter
 from hsmvault.wire.encoding import Reader, Writer
 from hsmvault.wire.hsm_api import (
     CREDENTIAL_NONCE_LEN,
+    MAX_BUNDLE_LEN,
+    MAX_EPOCH,
     MAX_GUESS_LIMIT,
     MAX_KSF_PARAMS_LEN,
     MAX_USER_ID_LEN,
@@ -74,15 +94,20 @@ from hsmvault.wire.hsm_api import (
 )
 
 __all__ = [
+    "BUNDLE_PART_LEN",
     "COMMAND_VERSION",
     "SNAPSHOT_VERSION",
     "Applied",
     "AttemptGranted",
     "BeginAttempt",
+    "BundleInstalled",
+    "BundlePart",
+    "BundleStaged",
     "Command",
     "CommandResult",
     "Delete",
     "FailureRecorded",
+    "InstalledBundle",
     "NoOp",
     "RecordFailure",
     "RecordSuccess",
@@ -93,6 +118,7 @@ __all__ = [
     "SuccessRecorded",
     "VaultRecord",
     "VaultState",
+    "bundle_parts",
     "decode_command",
     "decode_result",
     "encode_command",
@@ -101,9 +127,13 @@ __all__ = [
 
 #: Version byte of command and result encodings.
 COMMAND_VERSION: Final = 1
-#: Version byte of snapshots.
-SNAPSHOT_VERSION: Final = 1
+#: Version byte of snapshots (2: the current bundle and its staging).
+SNAPSHOT_VERSION: Final = 2
 _U64_MAX: Final = (1 << 64) - 1
+#: Largest ``data`` of one ``BundlePart``: its command stays well below
+#: ``fleet.codec.MAX_COMMAND_SIZE`` (16 KiB), so 64 KiB take six parts.
+BUNDLE_PART_LEN: Final = 12 * 1024
+_DIGEST_LEN: Final = 32
 
 
 # --------------------------------------------------------------------------- material
@@ -162,6 +192,7 @@ class _Tag(enum.IntEnum):
     REPLACE = 5
     DELETE = 6
     NOOP = 7
+    BUNDLE_PART = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +297,50 @@ class NoOp:
     """Changes nothing; one consensus round (unknown users cost the same as known)."""
 
 
+@dataclass(frozen=True, slots=True)
+class BundlePart:
+    """Bytes ``[offset, offset + len(data))`` of the validation bundle of ``epoch``
+    whose SHA-256 is ``digest`` and whose length is ``total`` (see the module
+    docstring; :func:`bundle_parts` cuts a bundle into these)."""
+
+    epoch: int
+    digest: bytes
+    total: int
+    offset: int
+    data: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epoch, bool) or not isinstance(self.epoch, int):
+            raise InvalidParameter("bundle epoch must be an int")
+        if not 0 <= self.epoch <= MAX_EPOCH:
+            raise InvalidParameter("bundle epoch must be a u64")
+        if not isinstance(self.digest, bytes) or len(self.digest) != _DIGEST_LEN:
+            raise InvalidParameter("bundle digest must be 32 bytes")
+        for value in (self.total, self.offset):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidParameter("bundle lengths must be ints")
+        if not 1 <= self.total <= MAX_BUNDLE_LEN:
+            raise InvalidParameter("bundle length must be 1..64 KiB")
+        if not isinstance(self.data, bytes) or not 1 <= len(self.data) <= BUNDLE_PART_LEN:
+            raise InvalidParameter("bundle part must be 1..BUNDLE_PART_LEN bytes")
+        if not self.offset >= 0 or self.offset + len(self.data) > self.total:
+            raise InvalidParameter("bundle part lies outside the bundle")
+
+
+def bundle_parts(epoch: int, bundle: bytes) -> list[BundlePart]:
+    """``bundle`` (1..64 KiB) of ``epoch`` as the ``BundlePart`` commands that install
+    it, in order. Raises :class:`InvalidParameter` for a bundle or epoch out of range."""
+    if not isinstance(bundle, bytes) or not 1 <= len(bundle) <= MAX_BUNDLE_LEN:
+        raise InvalidParameter("bundle must be 1..64 KiB")
+    digest = hashlib.sha256(bundle).digest()
+    return [
+        BundlePart(epoch, digest, len(bundle), offset, bundle[offset : offset + BUNDLE_PART_LEN])
+        for offset in range(0, len(bundle), BUNDLE_PART_LEN)
+    ]
+
+
 Command: TypeAlias = (
-    Register | BeginAttempt | RecordSuccess | RecordFailure | Replace | Delete | NoOp
+    Register | BeginAttempt | RecordSuccess | RecordFailure | Replace | Delete | NoOp | BundlePart
 )
 
 
@@ -339,6 +412,10 @@ def encode_command(command: Command) -> bytes:
             )
         case NoOp():
             w.u8(_Tag.NOOP)
+        case BundlePart():
+            w.u8(_Tag.BUNDLE_PART).u64(command.epoch).fixed(command.digest, _DIGEST_LEN)
+            w.u32(command.total).u32(command.offset)
+            w.var_bytes(command.data, prefix=2, max_len=BUNDLE_PART_LEN, min_len=1)
         case _:
             raise InvalidParameter("not a vault command")
     return w.getvalue()
@@ -364,6 +441,10 @@ def _decode_command(r: Reader) -> Command:
         command = Replace(user_id, version, *_read_material(r))
     elif tag is _Tag.NOOP:
         command = NoOp()
+    elif tag is _Tag.BUNDLE_PART:
+        epoch, digest, total, offset = r.u64(), r.fixed(_DIGEST_LEN), r.u32(), r.u32()
+        data = r.var_bytes(prefix=2, max_len=BUNDLE_PART_LEN, min_len=1)
+        command = BundlePart(epoch, digest, total, offset, data)
     else:
         user_id = _read_user(r)
         version = r.u64()
@@ -396,6 +477,12 @@ class Refusal(enum.IntEnum):
     ALREADY_REGISTERED = 3
     STALE_VERSION = 4
     MALFORMED_COMMAND = 5
+    #: BundlePart: below the current bundle epoch.
+    STALE_EPOCH = 6
+    #: BundlePart: the current epoch, but another bundle.
+    EPOCH_CONFLICT = 7
+    #: BundlePart: does not continue the staged bundle, or the digest does not match.
+    BUNDLE_SEQUENCE = 8
 
 
 class _ResultTag(enum.IntEnum):
@@ -404,6 +491,8 @@ class _ResultTag(enum.IntEnum):
     SUCCESS_RECORDED = 3
     FAILURE_RECORDED = 4
     REFUSED = 5
+    BUNDLE_STAGED = 6
+    BUNDLE_INSTALLED = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +537,29 @@ class Refused:
     reason: Refusal
 
 
-CommandResult: TypeAlias = Applied | AttemptGranted | SuccessRecorded | FailureRecorded | Refused
+@dataclass(frozen=True, slots=True)
+class BundleStaged:
+    """BundlePart was staged; ``received`` bytes of the bundle are in so far."""
+
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class BundleInstalled:
+    """The bundle of ``epoch`` is the current one (just installed, or already was)."""
+
+    epoch: int
+
+
+CommandResult: TypeAlias = (
+    Applied
+    | AttemptGranted
+    | SuccessRecorded
+    | FailureRecorded
+    | Refused
+    | BundleStaged
+    | BundleInstalled
+)
 
 
 def encode_result(result: CommandResult) -> bytes:
@@ -471,6 +582,10 @@ def encode_result(result: CommandResult) -> bytes:
             w.u8(_ResultTag.FAILURE_RECORDED).u8(result.remaining).boolean(result.erased)
         case Refused():
             w.u8(_ResultTag.REFUSED).u8(result.reason)
+        case BundleStaged():
+            w.u8(_ResultTag.BUNDLE_STAGED).u32(result.received)
+        case BundleInstalled():
+            w.u8(_ResultTag.BUNDLE_INSTALLED).u64(result.epoch)
         case _:
             raise InvalidParameter("not a command result")
     return w.getvalue()
@@ -501,6 +616,10 @@ def decode_result(data: bytes) -> CommandResult:
         result = SuccessRecorded(r.var_bytes(prefix=2, max_len=MAX_WRAPPED_KEY_LEN))
     elif tag is _ResultTag.FAILURE_RECORDED:
         result = FailureRecorded(r.u8(), r.boolean())
+    elif tag is _ResultTag.BUNDLE_STAGED:
+        result = BundleStaged(r.u32())
+    elif tag is _ResultTag.BUNDLE_INSTALLED:
+        result = BundleInstalled(r.u64())
     else:
         try:
             result = Refused(Refusal(r.u8()))
@@ -532,6 +651,30 @@ class VaultRecord:
         return self.guess_limit - self.guesses_used
 
 
+@dataclass(frozen=True, slots=True)
+class InstalledBundle:
+    """The fleet's current validation bundle: ``epoch`` and the opaque ``bundle`` bytes
+    (with their SHA-256, ``digest``)."""
+
+    epoch: int
+    bundle: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Staging:
+    """The first ``len(data)`` bytes of the bundle of ``epoch`` being installed."""
+
+    epoch: int
+    digest: bytes
+    total: int
+    data: bytes = field(repr=False)
+
+
+def _installed(epoch: int, bundle: bytes) -> InstalledBundle:
+    return InstalledBundle(epoch, bundle, hashlib.sha256(bundle).digest())
+
+
 class VaultState:
     """The deterministic state machine; see the module docstring for the contract.
 
@@ -539,13 +682,15 @@ class VaultState:
     reader on another thread sees a state between two commands, never inside one.
     """
 
-    __slots__ = ("_last_version", "_lock", "_records", "_tombstones")
+    __slots__ = ("_bundle", "_last_version", "_lock", "_records", "_staging", "_tombstones")
     __hash__ = None  # type: ignore[assignment]
 
     def __init__(self) -> None:
         self._records: dict[bytes, VaultRecord] = {}
         self._tombstones: dict[bytes, int] = {}  # user_id -> erased version
         self._last_version = 0
+        self._bundle: InstalledBundle | None = None
+        self._staging: _Staging | None = None
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- the mutator
@@ -588,7 +733,45 @@ class VaultState:
                 return self._delete(command)
             case NoOp():
                 return Applied(0)
+            case BundlePart():
+                return self._bundle_part(command)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bundle_part(self, part: BundlePart) -> CommandResult:
+        """Stage ``part``; install the bundle once its last part is in (module docstring).
+        Refusals change nothing, except that a completed staging whose digest does not
+        match is dropped."""
+        current = self._bundle
+        if current is not None and part.epoch <= current.epoch:
+            if part.epoch < current.epoch:
+                return Refused(Refusal.STALE_EPOCH)
+            if part.total == len(current.bundle) and part.digest == current.digest:
+                return BundleInstalled(current.epoch)  # idempotent
+            return Refused(Refusal.EPOCH_CONFLICT)
+        return self._stage(part)
+
+    def _stage(self, part: BundlePart) -> CommandResult:
+        """``part`` of a bundle above the current epoch (see :meth:`_bundle_part`)."""
+        staging = self._staging
+        if part.offset == 0:
+            staging = _Staging(part.epoch, part.digest, part.total, part.data)
+        elif (
+            staging is None
+            or (staging.epoch, staging.digest, staging.total)
+            != (part.epoch, part.digest, part.total)
+            or part.offset != len(staging.data)
+        ):
+            return Refused(Refusal.BUNDLE_SEQUENCE)
+        else:
+            staging = dataclasses.replace(staging, data=staging.data + part.data)
+        if len(staging.data) < staging.total:
+            self._staging = staging
+            return BundleStaged(len(staging.data))
+        self._staging = None
+        if hashlib.sha256(staging.data).digest() != staging.digest:
+            return Refused(Refusal.BUNDLE_SEQUENCE)
+        self._bundle = InstalledBundle(staging.epoch, staging.data, staging.digest)
+        return BundleInstalled(staging.epoch)
 
     def _register(self, command: Register) -> CommandResult:
         uid = command.user_id
@@ -697,6 +880,11 @@ class VaultState:
         """The highest record version ever issued."""
         return self._last_version
 
+    def bundle(self) -> InstalledBundle | None:
+        """The current validation bundle, or ``None`` if none was ever installed."""
+        with self._lock:
+            return self._bundle
+
     # ----------------------------------------------------------------- snapshots
 
     def snapshot(self) -> bytes:
@@ -705,6 +893,8 @@ class VaultState:
         version u8 || last_version u64
         || u32 n || n x (user_id u8-len || material || limit u8 || used u8 || ver u64)
         || u32 m || m x (user_id u8-len || erased_version u64)
+        || has_bundle bool || [epoch u64 || u32-len bundle]
+        || has_staging bool || [epoch u64 || digest (32) || total u32 || u32-len data]
         """
         with self._lock:
             w = Writer().u8(SNAPSHOT_VERSION).u64(self._last_version)
@@ -724,13 +914,23 @@ class VaultState:
             for uid in sorted(self._tombstones):
                 _write_user(w, uid)
                 w.u64(self._tombstones[uid])
+            bundle, staging = self._bundle, self._staging
+            w.boolean(bundle is not None)
+            if bundle is not None:
+                w.u64(bundle.epoch)
+                w.var_bytes(bundle.bundle, prefix=4, max_len=MAX_BUNDLE_LEN, min_len=1)
+            w.boolean(staging is not None)
+            if staging is not None:
+                w.u64(staging.epoch).fixed(staging.digest, _DIGEST_LEN).u32(staging.total)
+                w.var_bytes(staging.data, prefix=4, max_len=MAX_BUNDLE_LEN, min_len=1)
             return w.getvalue()
 
     @classmethod
     def from_snapshot(cls, data: bytes) -> VaultState:
         """Rebuild a state from :meth:`snapshot` output. Strict: unknown version,
         unsorted or duplicate ids, an id both live and tombstoned, a counter above its
-        limit, a version above ``last_version``, invalid material, or trailing bytes →
+        limit, a version above ``last_version``, invalid material, a staging that is
+        complete, empty or not above the current bundle epoch, or trailing bytes →
         :class:`DecodeError`."""
         r = Reader(data)
         if r.u8() != SNAPSHOT_VERSION:
@@ -763,9 +963,26 @@ class VaultState:
                 raise DecodeError("snapshot tombstone version out of range")
             state._tombstones[uid] = version
             previous = uid
+        state._read_bundles(r)
         r.finish()
         state._last_version = last_version
         return state
+
+    def _read_bundles(self, r: Reader) -> None:
+        """The bundle and staging tail of a snapshot, into this (new) state."""
+        if r.boolean():
+            epoch = r.u64()
+            self._bundle = _installed(
+                epoch, r.var_bytes(prefix=4, max_len=MAX_BUNDLE_LEN, min_len=1)
+            )
+        if r.boolean():
+            epoch, digest, total = r.u64(), r.fixed(_DIGEST_LEN), r.u32()
+            data = r.var_bytes(prefix=4, max_len=MAX_BUNDLE_LEN, min_len=1)
+            if not len(data) < total <= MAX_BUNDLE_LEN:
+                raise DecodeError("snapshot bundle staging is complete or too long")
+            if self._bundle is not None and epoch <= self._bundle.epoch:
+                raise DecodeError("snapshot bundle staging is not above the current epoch")
+            self._staging = _Staging(epoch, digest, total, data)
 
     def restore(self, data: bytes) -> None:
         """Replace this state, in place, with the one :meth:`snapshot` wrote as ``data``
@@ -776,6 +993,8 @@ class VaultState:
             self._records = loaded._records
             self._tombstones = loaded._tombstones
             self._last_version = loaded._last_version
+            self._bundle = loaded._bundle
+            self._staging = loaded._staging
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VaultState):
@@ -783,7 +1002,8 @@ class VaultState:
         return self.snapshot() == other.snapshot()
 
     def __repr__(self) -> str:
+        epoch = None if self._bundle is None else self._bundle.epoch
         return (
             f"VaultState(records={self.record_count}, tombstones={self.tombstone_count}, "
-            f"last_version={self.last_version})"
+            f"last_version={self.last_version}, bundle_epoch={epoch})"
         )

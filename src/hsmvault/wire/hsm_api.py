@@ -11,7 +11,7 @@ Encoding (version :data:`API_VERSION`), all integers big-endian::
     response  = version u8 || tag u8 || outcome u8 || (fields, only if outcome == OK)
 
 Fields are listed per class in declaration order; each is a ``u8``/``u32``/``u64`` with a range,
-a boolean byte (0 or 1), fixed-length bytes, or bytes with a 1- or 2-byte length prefix
+a boolean byte (0 or 1), fixed-length bytes, or bytes with a 1-, 2- or 4-byte length prefix
 and declared bounds (:mod:`hsmvault.wire.encoding`). A response whose outcome is not
 ``OK`` carries no payload at all, and its payload attributes hold their empty defaults.
 
@@ -40,6 +40,15 @@ nonce; ``RegisterRequest`` and ``ChangeSecretRequest`` carry only the seal
 (``sealed_upload``). Only a node opens it, and a seal made for another user id or nonce
 does not open.
 
+**Fleet session signature (version 3, ADR 0010).** ``RegistrationStartResponse`` and
+``LoginStartResponse`` end with ``fleet_id`` (32), ``bundle`` (u32-prefixed,
+0..:data:`MAX_BUNDLE_LEN`; empty when the fleet has none installed) and
+``fleet_signature`` (64): the fleet ``sig`` key's Ed25519 signature over
+:func:`hsmvault.wire.fleet_session.fleet_session_message` of the fleet id, the *exact*
+request bytes and the bundle. The client verifies it before it uses anything else of the
+response. :class:`InstallBundleRequest` (operator, through the host) makes ``(epoch,
+bundle)`` the fleet's current bundle through consensus; the node never parses the bundle.
+
 ``repr`` shows field lengths, never field bytes: no wire message ever prints a secret.
 """
 
@@ -61,7 +70,11 @@ __all__ = [
     "AUTHENTICATOR_LEN",
     "CREDENTIAL_NONCE_LEN",
     "DEFAULT_GUESS_LIMIT",
+    "FLEET_ID_LEN",
     "FLEET_SEAL_OVERHEAD",
+    "FLEET_SIGNATURE_LEN",
+    "MAX_BUNDLE_LEN",
+    "MAX_EPOCH",
     "MAX_GUESS_LIMIT",
     "MAX_KSF_PARAMS_LEN",
     "MAX_OPAQUE_MESSAGE_LEN",
@@ -85,6 +98,8 @@ __all__ = [
     "DeleteRequest",
     "DeleteResponse",
     "ErrorResponse",
+    "InstallBundleRequest",
+    "InstallBundleResponse",
     "LoginFinishRequest",
     "LoginFinishResponse",
     "LoginStartRequest",
@@ -108,8 +123,9 @@ __all__ = [
     "upload_context",
 ]
 
-#: Version byte that starts every request and response (2: uploads are sealed).
-API_VERSION: Final = 2
+#: Version byte that starts every request and response (2: uploads are sealed; 3: the
+#: start responses carry the fleet id, bundle and fleet signature; ``InstallBundle``).
+API_VERSION: Final = 3
 #: User ids are 1..255 opaque bytes (chosen by the host's routing layer).
 MAX_USER_ID_LEN: Final = 255
 #: Login session ids: 16 random bytes chosen by the node.
@@ -143,7 +159,14 @@ MAX_SEALED_UPLOAD_LEN: Final = MAX_UPLOAD_LEN + FLEET_SEAL_OVERHEAD
 #: Identity-key signatures (Ed25519, or P-256 as ``r || s``) are 64 bytes.
 SIGNATURE_LEN: Final = 64
 #: Fleet ids and fleet node ids are 32 bytes.
-_FLEET_ID_LEN: Final = 32
+FLEET_ID_LEN: Final = 32
+_FLEET_ID_LEN: Final = FLEET_ID_LEN
+#: The fleet ``sig`` key's Ed25519 signature on a session's first response (ADR 0010).
+FLEET_SIGNATURE_LEN: Final = 64
+#: Largest validation bundle a fleet holds and returns: 64 KiB.
+MAX_BUNDLE_LEN: Final = 64 * 1024
+#: Bundle epochs are u64.
+MAX_EPOCH: Final = 2**64 - 1
 _NODE_ID_LEN: Final = 32
 #: Domain label that starts the signed bytes of a rejoin ticket (:class:`RejoinRequest`).
 REJOIN_TICKET_LABEL: Final = b"hsmvault/fleet/rejoin-ticket/v1\x00"
@@ -169,6 +192,10 @@ class Outcome(enum.IntEnum):
     ALREADY_REGISTERED = 5
     #: The session id is unknown, expired, used, or not in the required phase.
     NO_SESSION = 6
+    #: InstallBundle: the fleet already holds a bundle of a higher epoch (no rollback).
+    STALE_EPOCH = 7
+    #: InstallBundle: the fleet holds other bytes for this same epoch.
+    EPOCH_CONFLICT = 8
 
 
 # --------------------------------------------------------------------------- field kinds
@@ -213,6 +240,13 @@ _GUESS_LIMIT = _Int(1, MIN_GUESS_LIMIT, MAX_GUESS_LIMIT)
 _REMAINING = _Int(1, 0, MAX_GUESS_LIMIT)
 _COUNT = _Int(4, 0, 0xFFFF_FFFF)
 _INCARNATION = _Int(8, 1, 2**64 - 1)
+_EPOCH = _Int(8, 0, MAX_EPOCH)
+_FLEET_ID = _Fixed(FLEET_ID_LEN)
+_FLEET_SIGNATURE = _Fixed(FLEET_SIGNATURE_LEN)
+#: A bundle in a start response: empty when none is installed.
+_BUNDLE = _Var(4, 0, MAX_BUNDLE_LEN)
+#: A bundle to install: never empty.
+_BUNDLE_TO_INSTALL = _Var(4, 1, MAX_BUNDLE_LEN)
 
 
 def _write_field(w: Writer, kind: _Field, value: object) -> None:
@@ -620,6 +654,25 @@ class RejoinRequest(_RequestBase):
         return rejoin_ticket_bytes(self.fleet_id, self.node_id, self.incarnation)
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class InstallBundleRequest(_RequestBase):
+    """Operator: make ``bundle`` (1..64 KiB, opaque to the node) the fleet's current
+    validation bundle at ``epoch`` (ADR 0010, "Delivery"). Committed through consensus;
+    a lower epoch than the installed one is refused (``STALE_EPOCH``), the installed
+    epoch again with the same bytes is idempotent (``OK``), with other bytes refused
+    (``EPOCH_CONFLICT``). The node does not verify the bundle — clients do. Not a device
+    request: the gateway refuses to relay it."""
+
+    TAG: ClassVar[int] = 0x0A
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
+        ("epoch", _EPOCH),
+        ("bundle", _BUNDLE_TO_INSTALL),
+    )
+
+    epoch: int
+    bundle: bytes
+
+
 def rejoin_ticket_bytes(fleet_id: bytes, node_id: bytes, incarnation: int) -> bytes:
     """The signed bytes of a rejoin ticket (see :meth:`RejoinRequest.ticket_bytes`).
     Raises :class:`~hsmvault.errors.InvalidParameter` for fields out of bounds."""
@@ -638,17 +691,26 @@ class RegistrationStartResponse(_ResponseBase):
     """``registration_response`` (RFC 9807 §5.1) and the ``credential_nonce`` the record
     must be registered with. The node derives the OPRF key from user id *and* this fresh
     random nonce, so OPRF evaluations obtained here never apply to any stored record:
-    registration cannot be used as an uncounted password-guessing oracle."""
+    registration cannot be used as an uncounted password-guessing oracle.
+
+    ``fleet_id``, ``bundle`` and ``fleet_signature``: see the module docstring (the
+    client checks them before it uses the rest)."""
 
     TAG: ClassVar[int] = 0x81
     _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
         ("credential_nonce", _NONCE),
         ("registration_response", _OPAQUE),
+        ("fleet_id", _FLEET_ID),
+        ("bundle", _BUNDLE),
+        ("fleet_signature", _FLEET_SIGNATURE),
     )
 
     outcome: Outcome
     credential_nonce: bytes = b""
     registration_response: bytes = b""
+    fleet_id: bytes = b""
+    bundle: bytes = b""
+    fleet_signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -666,7 +728,9 @@ class RegisterResponse(_ResponseBase):
 class LoginStartResponse(_ResponseBase):
     """``ke2`` (RFC 9807 §6.1), the session to finish, the KSF parameters the client
     must stretch with, and the guesses left *after* this attempt. Sent only after the
-    guess counter's increment was committed. Unknown users get the same shape."""
+    guess counter's increment was committed. Unknown users get the same shape, fleet
+    signature included. ``fleet_id``, ``bundle`` and ``fleet_signature``: see the module
+    docstring."""
 
     TAG: ClassVar[int] = 0x83
     _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
@@ -674,6 +738,9 @@ class LoginStartResponse(_ResponseBase):
         ("ke2", _OPAQUE),
         ("ksf_params", _KSF),
         ("attempts_remaining", _REMAINING),
+        ("fleet_id", _FLEET_ID),
+        ("bundle", _BUNDLE),
+        ("fleet_signature", _FLEET_SIGNATURE),
     )
 
     outcome: Outcome
@@ -681,6 +748,9 @@ class LoginStartResponse(_ResponseBase):
     ke2: bytes = b""
     ksf_params: bytes = b""
     attempts_remaining: int = 0
+    fleet_id: bytes = b""
+    bundle: bytes = b""
+    fleet_signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -757,6 +827,19 @@ class RejoinResponse(_ResponseBase):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class InstallBundleResponse(_ResponseBase):
+    """OK with the ``epoch`` now current (the bundle is committed, or already was);
+    STALE_EPOCH, EPOCH_CONFLICT (see :class:`InstallBundleRequest`), BAD_REQUEST, or
+    UNAVAILABLE (not committed now — it may still commit; retrying is safe)."""
+
+    TAG: ClassVar[int] = 0x8A
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (("epoch", _EPOCH),)
+
+    outcome: Outcome
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class ErrorResponse(_ResponseBase):
     """The answer to bytes that are not any request (so no paired type is known):
     always a non-OK outcome, normally BAD_REQUEST."""
@@ -784,6 +867,7 @@ Request: TypeAlias = (
     | DeleteRequest
     | StatusRequest
     | RejoinRequest
+    | InstallBundleRequest
 )
 Response: TypeAlias = (
     RegistrationStartResponse
@@ -795,6 +879,7 @@ Response: TypeAlias = (
     | DeleteResponse
     | StatusResponse
     | RejoinResponse
+    | InstallBundleResponse
     | ErrorResponse
 )
 
@@ -809,6 +894,7 @@ RESPONSE_FOR: Final[dict[type[_RequestBase], type[_ResponseBase]]] = {
     DeleteRequest: DeleteResponse,
     StatusRequest: StatusResponse,
     RejoinRequest: RejoinResponse,
+    InstallBundleRequest: InstallBundleResponse,
 }
 _REQUESTS: Final[dict[int, type[_RequestBase]]] = {cls.TAG: cls for cls in RESPONSE_FOR}
 _RESPONSE_TYPES: Final[tuple[type[_ResponseBase], ...]] = (*RESPONSE_FOR.values(), ErrorResponse)

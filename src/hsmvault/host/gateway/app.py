@@ -32,6 +32,8 @@ from .auth import InvalidToken, TokenVerifier
 from .backups import BACKUP_ID_PATTERN, UPLOAD_ID_PATTERN, BackupService
 from .config import GatewayConfig
 from .errors import ApiError, error_responses, install_handlers
+from .passkey_page import TestLogin, passkey_page_router
+from .passkeys import passkeys_router
 from .ratelimit import TokenBuckets
 from .relay import FleetCaller, VaultRelay
 from .sessions import SessionTable
@@ -65,6 +67,7 @@ class FleetKeysBody(BaseModel):
     fleet_id: str
     ake_public_key: str
     enc_public_key: str
+    sig_public_key: str
 
 
 class UploadStart(BaseModel):
@@ -374,6 +377,7 @@ def create_app(
     blobs: BlobStore,
     metadata: MetadataStore,
     clock: Callable[[], float] = time.time,
+    test_login: TestLogin | None = None,
 ) -> FastAPI:
     """The gateway app. ``fleets`` maps every name of ``config.fleets`` (the routing
     table) to a client of that fleet; ``clock`` (seconds) drives token times, rate
@@ -409,4 +413,7 @@ def create_app(
     app.state.gateway = gateway
     install_handlers(app)
     app.include_router(_router)
+    app.include_router(passkeys_router(config, metadata, clock=clock))  # ADR 0011
+    # the /passkeys page; test_login (token for any username) only from dev deployments
+    app.include_router(passkey_page_router(test_login=test_login))
     return app

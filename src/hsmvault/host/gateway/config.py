@@ -14,6 +14,8 @@ Load it from the ``[gateway]`` table of a TOML file::
     max_upload_chunk = 8388608                   # bytes per PUT
     max_backup_size = 68719476736                # bytes per backup
     default_fleet = "default"
+    passkey_rp_id = "example.com"                # WebAuthn RP id (ADR 0011; not an IP)
+    passkey_origins = ["https://example.com"]    # pages allowed to use passkeys
 
     [gateway.rate_limits.user]                   # token bucket per token user
     rate = 5.0                                   # requests per second, sustained
@@ -34,12 +36,17 @@ default.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
+
+from fido2.rpid import verify_rp_id
 
 from hsmvault.errors import InvalidParameter
 
@@ -95,6 +102,12 @@ class GatewayConfig:
     * ``fleets`` — the routing table, fleet name → fleet directory (``fleet.json``);
       users are spread over the names by consistent hashing (:mod:`hsmvault.host.routing`).
     * ``default_fleet`` — the fleet whose keys ``GET /v1/fleet`` shows without a token.
+    * ``passkey_rp_id`` — the WebAuthn relying party id of ``/v1/passkeys`` (ADR 0011):
+      a domain name (``localhost`` by default), never an IP address.
+    * ``passkey_origins`` — the exact origins (``scheme://host[:port]``) whose
+      WebAuthn answers are accepted; each must be valid for the RP id (``https``, or
+      ``http`` on ``localhost``). Empty (the default): ``http://localhost:<port>``, the
+      port being the one the gateway serves the request on.
     """
 
     issuer_public_keys: tuple[str, ...]
@@ -111,9 +124,13 @@ class GatewayConfig:
     max_vault_request: int = 64 * 1024
     fleets: Mapping[str, str] = field(default_factory=lambda: _frozen({"default": "fleet"}))
     default_fleet: str = "default"
+    passkey_rp_id: str = "localhost"
+    passkey_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "issuer_public_keys", tuple(self.issuer_public_keys))
+        object.__setattr__(self, "passkey_origins", tuple(self.passkey_origins))
+        _check_passkey_settings(self.passkey_rp_id, self.passkey_origins)
         object.__setattr__(self, "fleets", _frozen(self.fleets))
         if not self.issuer_public_keys or not all(
             isinstance(k, str) and "PUBLIC KEY" in k for k in self.issuer_public_keys
@@ -183,6 +200,40 @@ class GatewayConfig:
         if not isinstance(table, dict):
             raise InvalidParameter(f"{path}: no [gateway] table")
         return cls.from_toml(table, base_dir=path.parent)
+
+
+_DOMAIN_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _check_passkey_settings(rp_id: object, origins: tuple[object, ...]) -> None:
+    """ADR 0011: the RP id is a lowercase domain name, not an IP address; every origin is
+    ``scheme://host[:port]`` and valid for that RP id (WebAuthn §5.1.3 via python-fido2's
+    ``verify_rp_id``: ``https``, or ``http`` on ``localhost``)."""
+    if (
+        not isinstance(rp_id, str)
+        or not 0 < len(rp_id) <= 253
+        or not all(_DOMAIN_LABEL.fullmatch(label) for label in rp_id.split("."))
+    ):
+        raise InvalidParameter("passkey_rp_id must be a lowercase domain name")
+    try:
+        ipaddress.ip_address(rp_id)
+    except ValueError:
+        pass
+    else:
+        raise InvalidParameter("passkey_rp_id must be a domain name, not an IP address")
+    for origin in origins:
+        if not isinstance(origin, str):
+            raise InvalidParameter("passkey_origins must be strings")
+        parts = urllib.parse.urlsplit(origin)
+        canonical = f"{parts.scheme}://{parts.netloc}"
+        try:
+            _ = parts.port  # a port must be a number in range
+        except ValueError:
+            raise InvalidParameter("a passkey origin has an invalid port") from None
+        if origin != canonical or not parts.hostname or parts.username or parts.password:
+            raise InvalidParameter("a passkey origin is scheme://host[:port], nothing more")
+        if not verify_rp_id(rp_id, origin):
+            raise InvalidParameter("a passkey origin is not valid for passkey_rp_id")
 
 
 def _rate_limit(value: object) -> RateLimit:

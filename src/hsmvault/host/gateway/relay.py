@@ -4,6 +4,7 @@ The gateway parses the request only to bind it to the caller. As a checklist:
 
 1. the body parses strictly as one :mod:`hsmvault.wire.hsm_api` request (else 400);
    ``RejoinRequest`` is fleet-internal and refused (403): nodes send it to each other;
+   so is ``InstallBundleRequest`` (the operator's, through ``FleetClient.install_bundle``);
 2. a request that names a ``user_id`` must name the token's user (else 403); it goes
    to that user's fleet (consistent hashing), with failover between nodes;
 3. a request that carries a ``session_id`` (``LoginFinish``, ``ChangeSecret``,
@@ -35,6 +36,7 @@ from hsmvault.wire.hsm_api import (
     ChangeSecretRequest,
     DeleteRequest,
     ErrorResponse,
+    InstallBundleRequest,
     LoginFinishRequest,
     LoginStartRequest,
     LoginStartResponse,
@@ -97,7 +99,7 @@ class VaultRelay:
             request = decode_request(body)
         except DecodeError:
             raise ApiError(400, "bad_request", "the body is not a valid vault request") from None
-        if isinstance(request, RejoinRequest):
+        if isinstance(request, RejoinRequest | InstallBundleRequest):
             raise ApiError(403, "forbidden", "fleet-internal request")
         # 2. / 3. bind to the token user and pick the node
         fleet = self._ring.fleet_for(user_id)

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol, runtime_checkable
 
-__all__ = ["BackupMeta", "BlobStore", "MetadataStore", "UploadMeta"]
+__all__ = [
+    "PASSKEY_CEREMONIES",
+    "BackupMeta",
+    "BlobStore",
+    "MetadataStore",
+    "PasskeyChallenge",
+    "PasskeyRecord",
+    "PasskeyStore",
+    "UploadMeta",
+]
 
 
 class BlobStore(Protocol):
@@ -103,3 +112,105 @@ class MetadataStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- passkeys
+
+#: The WebAuthn ceremonies a challenge can be issued for (ADR 0011).
+PASSKEY_CEREMONIES: Final = ("registration", "authentication", "salt-rotation")
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyRecord:
+    """One WebAuthn credential of a user (ADR 0011). Nothing here is secret: the public
+    key, the PRF salt (an input, not the PRF output) and the wrapped key (ciphertext
+    under a key the gateway never sees).
+
+    ``credential_id`` is globally unique (1..1023 bytes); ``public_key`` is the
+    credential's COSE_Key, CBOR-encoded as the authenticator sent it; ``prf_salt`` is
+    32 bytes; ``sign_count`` is the authenticator's last signature counter (u32)."""
+
+    user_id: bytes
+    credential_id: bytes
+    public_key: bytes
+    sign_count: int
+    prf_salt: bytes
+    wrapped_key: bytes | None
+    created_at: float
+    last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyChallenge:
+    """A WebAuthn challenge the gateway issued, bound to ``user_id`` and ``ceremony``
+    (one of :data:`PASSKEY_CEREMONIES`), valid until ``expires_at``.
+
+    * ``credential_id`` — the only credential that may answer (salt rotation, or an
+      authentication asked for one credential); ``None``: any of the user's.
+    * ``new_prf_salt`` — registration: the new credential's salt; salt rotation: the
+      salt that replaces the current one.
+    * ``offered_salts`` — authentication: ``(credential id, salt)`` pairs the options
+      named, so an answer made with a salt that has since been rotated is detected.
+    * ``consumed`` — as returned by :meth:`PasskeyStore.consume_challenge`: ``True`` if
+      the challenge had already been consumed before that call (a replay)."""
+
+    challenge: bytes
+    user_id: bytes
+    ceremony: str
+    expires_at: float
+    credential_id: bytes | None = None
+    new_prf_salt: bytes | None = None
+    offered_salts: tuple[tuple[bytes, bytes], ...] = ()
+    consumed: bool = False
+
+
+@runtime_checkable
+class PasskeyStore(Protocol):
+    """Passkey credentials and their single-use challenges (ADR 0011), kept by the
+    metadata store. Every adapter passes ``tests/host/storage/test_passkey_contract.py``.
+
+    Contract:
+
+    * ``add_passkey`` raises :class:`~hsmvault.errors.InvalidParameter` if the credential
+      id is already registered (to any user) or a field is out of range.
+    * ``get_passkey``/``update_passkey``/``delete_passkey`` see only the credentials of
+      the given user.
+    * ``list_passkeys`` orders by ``created_at``, then credential id (bytewise).
+    * ``update_passkey`` is a compare-and-set: it applies only while the stored sign
+      count and PRF salt still equal the expected ones, sets the new count and
+      ``last_used_at``, and — when given — the new salt and wrapped key *together*, in
+      one transaction (a new salt without a new wrapped key is refused with
+      ``InvalidParameter``: it would orphan the stored wrap). It returns the updated
+      record, or ``None`` if the credential is gone or changed meanwhile.
+    * ``put_challenge`` stores a challenge (unique) and may delete challenges that
+      expired before ``purge_before``.
+    * ``consume_challenge`` atomically marks the user's challenge consumed and returns
+      it as it was (``consumed`` tells whether it had been consumed before); ``None``
+      if the user has no such challenge. Of racing calls exactly one sees
+      ``consumed=False``.
+    """
+
+    def add_passkey(self, record: PasskeyRecord) -> None: ...
+
+    def get_passkey(self, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None: ...
+
+    def list_passkeys(self, user_id: bytes) -> list[PasskeyRecord]: ...
+
+    def update_passkey(
+        self,
+        user_id: bytes,
+        credential_id: bytes,
+        *,
+        expected_sign_count: int,
+        expected_prf_salt: bytes,
+        sign_count: int,
+        last_used_at: float,
+        prf_salt: bytes | None = None,
+        wrapped_key: bytes | None = None,
+    ) -> PasskeyRecord | None: ...
+
+    def delete_passkey(self, user_id: bytes, credential_id: bytes) -> bool: ...
+
+    def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None: ...
+
+    def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None: ...

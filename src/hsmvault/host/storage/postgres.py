@@ -10,6 +10,8 @@ Same schema and semantics as :mod:`.sqlite`:
   ``(user_id, backup_id)``, so concurrent commits of the same backup serialize and each
   replaced blob key is returned to exactly one caller.
 * ``commit_upload`` deletes the upload row and upserts the backup row in one transaction.
+* It is also the gateway's :class:`~hsmvault.host.storage.base.PasskeyStore` (schema 2);
+  its compare-and-set writes are single conditional ``UPDATE`` statements.
 
 ``dsn`` is a libpq connection string or URI (``host=127.0.0.1 port=5432 dbname=vault``).
 """
@@ -27,7 +29,7 @@ from psycopg import pq
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError, Unavailable
 from hsmvault.host.storage import sql_common
-from hsmvault.host.storage.base import BackupMeta, UploadMeta
+from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyRecord, UploadMeta
 from hsmvault.host.storage.sql_common import Params, Row, pyformat
 
 __all__ = ["MIGRATIONS", "PostgresMetadataStore"]
@@ -57,6 +59,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (user_id, backup_id)
         )""",
+    ),
+    # 2: passkeys and their challenges (ADR 0011)
+    sql_common.passkey_tables(
+        blob="BYTEA", bigint="BIGINT", real="DOUBLE PRECISION", boolean="BOOLEAN"
     ),
 )
 
@@ -210,6 +216,68 @@ class PostgresMetadataStore:
     def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
         with self._transaction((user_id, backup_id)) as conn:
             return sql_common.delete_backup(_PgTx(conn), user_id, backup_id)
+
+    # -- PasskeyStore (ADR 0011) ------------------------------------------------------
+
+    def add_passkey(self, record: PasskeyRecord) -> None:
+        sql_common.check_passkey_record(record)
+        try:
+            with self._transaction() as conn:
+                sql_common.add_passkey(_PgTx(conn), record)
+        except psycopg.errors.UniqueViolation:
+            raise InvalidParameter("credential id already registered") from None
+
+    def get_passkey(self, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None:
+        with self._pool.connection() as conn:
+            return sql_common.get_passkey(_PgTx(conn), user_id, credential_id)
+
+    def list_passkeys(self, user_id: bytes) -> list[PasskeyRecord]:
+        with self._pool.connection() as conn:
+            return sql_common.list_passkeys(_PgTx(conn), user_id)
+
+    def update_passkey(
+        self,
+        user_id: bytes,
+        credential_id: bytes,
+        *,
+        expected_sign_count: int,
+        expected_prf_salt: bytes,
+        sign_count: int,
+        last_used_at: float,
+        prf_salt: bytes | None = None,
+        wrapped_key: bytes | None = None,
+    ) -> PasskeyRecord | None:
+        sql_common.check_passkey_update(sign_count, prf_salt, wrapped_key)
+        # One UPDATE: the row lock makes the compare-and-set atomic.
+        with self._transaction() as conn:
+            return sql_common.update_passkey(
+                _PgTx(conn),
+                user_id,
+                credential_id,
+                expected_sign_count=expected_sign_count,
+                expected_prf_salt=expected_prf_salt,
+                sign_count=sign_count,
+                last_used_at=last_used_at,
+                prf_salt=prf_salt,
+                wrapped_key=wrapped_key,
+            )
+
+    def delete_passkey(self, user_id: bytes, credential_id: bytes) -> bool:
+        with self._transaction() as conn:
+            return sql_common.delete_passkey(_PgTx(conn), user_id, credential_id)
+
+    def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None:
+        sql_common.check_passkey_challenge(challenge)
+        try:
+            with self._transaction() as conn:
+                sql_common.put_challenge(_PgTx(conn), challenge, purge_before)
+        except psycopg.errors.UniqueViolation:
+            raise InvalidParameter("challenge already issued") from None
+
+    def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
+        # A conditional UPDATE: of racing transactions, one matches ``consumed = false``.
+        with self._transaction() as conn:
+            return sql_common.consume_challenge(_PgTx(conn), user_id, challenge)
 
     def close(self) -> None:
         self._pool.close()

@@ -10,15 +10,22 @@ in the adapters.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError
-from hsmvault.host.storage.base import BackupMeta, UploadMeta
+from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyRecord, UploadMeta
 from hsmvault.host.storage.validation import (
     check_backup_id,
+    check_credential_id,
+    check_passkey_challenge,
+    check_passkey_record,
+    check_prf_salt,
+    check_sign_count,
     check_upload_fields,
     check_user_id,
+    check_wrapped_key,
 )
 
 __all__ = [
@@ -26,16 +33,32 @@ __all__ = [
     "Params",
     "Row",
     "Tx",
+    "add_passkey",
     "backup_from_row",
+    "challenge_from_row",
+    "check_passkey_challenge",
+    "check_passkey_ids",
+    "check_passkey_record",
+    "check_passkey_update",
     "check_upload",
     "commit_upload",
+    "consume_challenge",
     "create_upload",
+    "decode_offered_salts",
     "delete_backup",
+    "delete_passkey",
+    "encode_offered_salts",
     "get_backup",
+    "get_passkey",
     "get_upload",
     "list_backups",
+    "list_passkeys",
     "migrate",
+    "passkey_from_row",
+    "passkey_tables",
+    "put_challenge",
     "pyformat",
+    "update_passkey",
     "upload_from_row",
 ]
 
@@ -253,3 +276,246 @@ def delete_backup(tx: Tx, user_id: bytes, backup_id: str) -> BackupMeta | None:
     completion before the caller commits)."""
     rows = tx.fetchall(_DELETE_BACKUP_RETURNING, (user_id, backup_id))
     return backup_from_row(rows[0]) if rows else None
+
+
+# -- passkeys (ADR 0011) --------------------------------------------------------------
+
+
+def passkey_tables(*, blob: str, bigint: str, real: str, boolean: str) -> tuple[str, ...]:
+    """The passkey tables' DDL with the engine's type names filled in."""
+    return (
+        f"""CREATE TABLE passkeys (
+            credential_id {blob}   NOT NULL PRIMARY KEY,
+            user_id       {blob}   NOT NULL,
+            public_key    {blob}   NOT NULL,
+            sign_count    {bigint} NOT NULL CHECK (sign_count >= 0),
+            prf_salt      {blob}   NOT NULL,
+            wrapped_key   {blob},
+            created_at    {real}   NOT NULL,
+            last_used_at  {real}
+        )""",
+        "CREATE INDEX passkeys_by_user ON passkeys (user_id, created_at)",
+        f"""CREATE TABLE passkey_challenges (
+            challenge     {blob}    NOT NULL PRIMARY KEY,
+            user_id       {blob}    NOT NULL,
+            ceremony      TEXT      NOT NULL,
+            expires_at    {real}    NOT NULL,
+            credential_id {blob},
+            new_prf_salt  {blob},
+            offered_salts {blob}    NOT NULL,
+            consumed      {boolean} NOT NULL
+        )""",
+        "CREATE INDEX passkey_challenges_by_expiry ON passkey_challenges (expires_at)",
+    )
+
+
+_INSERT_PASSKEY = (
+    "INSERT INTO passkeys (user_id, credential_id, public_key, sign_count, prf_salt, "
+    "wrapped_key, created_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_PASSKEY = (
+    "SELECT user_id, credential_id, public_key, sign_count, prf_salt, wrapped_key, "
+    "created_at, last_used_at FROM passkeys WHERE user_id = ? AND credential_id = ?"
+)
+_LIST_PASSKEYS = (
+    "SELECT user_id, credential_id, public_key, sign_count, prf_salt, wrapped_key, "
+    "created_at, last_used_at FROM passkeys WHERE user_id = ? "
+    "ORDER BY created_at, credential_id"
+)
+_DELETE_PASSKEY = (
+    "DELETE FROM passkeys WHERE user_id = ? AND credential_id = ? RETURNING credential_id"
+)
+# The compare-and-set updates: (count, last used) [, wrapped key [, salt]].
+_UPDATE_PASSKEY_USE = (
+    "UPDATE passkeys SET sign_count = ?, last_used_at = ? "
+    "WHERE user_id = ? AND credential_id = ? AND sign_count = ? AND prf_salt = ? "
+    "RETURNING user_id, credential_id, public_key, sign_count, prf_salt, wrapped_key, "
+    "created_at, last_used_at"
+)
+_UPDATE_PASSKEY_WRAP = (
+    "UPDATE passkeys SET sign_count = ?, last_used_at = ?, wrapped_key = ? "
+    "WHERE user_id = ? AND credential_id = ? AND sign_count = ? AND prf_salt = ? "
+    "RETURNING user_id, credential_id, public_key, sign_count, prf_salt, wrapped_key, "
+    "created_at, last_used_at"
+)
+_UPDATE_PASSKEY_SALT_AND_WRAP = (
+    "UPDATE passkeys SET sign_count = ?, last_used_at = ?, wrapped_key = ?, prf_salt = ? "
+    "WHERE user_id = ? AND credential_id = ? AND sign_count = ? AND prf_salt = ? "
+    "RETURNING user_id, credential_id, public_key, sign_count, prf_salt, wrapped_key, "
+    "created_at, last_used_at"
+)
+_INSERT_CHALLENGE = (
+    "INSERT INTO passkey_challenges (challenge, user_id, ceremony, expires_at, "
+    "credential_id, new_prf_salt, offered_salts, consumed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PURGE_CHALLENGES = "DELETE FROM passkey_challenges WHERE expires_at < ?"
+_CONSUME_CHALLENGE = (
+    "UPDATE passkey_challenges SET consumed = ? "
+    "WHERE challenge = ? AND user_id = ? AND consumed = ? "
+    "RETURNING challenge, user_id, ceremony, expires_at, credential_id, new_prf_salt, "
+    "offered_salts, consumed"
+)
+_SELECT_CHALLENGE = (
+    "SELECT challenge, user_id, ceremony, expires_at, credential_id, new_prf_salt, "
+    "offered_salts, consumed FROM passkey_challenges WHERE challenge = ? AND user_id = ?"
+)
+
+
+def encode_offered_salts(pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``(credential id, salt)`` pairs as one column value: per pair, the id's length
+    (2 bytes, big-endian), the id, then the 32-byte salt."""
+    out = bytearray()
+    for credential_id, salt in pairs:
+        out += len(credential_id).to_bytes(2, "big") + credential_id + salt
+    return bytes(out)
+
+
+def decode_offered_salts(data: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """Inverse of :func:`encode_offered_salts`; :class:`InvalidParameter` if malformed."""
+    pairs: list[tuple[bytes, bytes]] = []
+    view, at = bytes(data), 0
+    while at < len(view):
+        if at + 2 > len(view):
+            raise InvalidParameter("stored offered salts are malformed")
+        length = int.from_bytes(view[at : at + 2], "big")
+        end = at + 2 + length + 32
+        if length == 0 or end > len(view):
+            raise InvalidParameter("stored offered salts are malformed")
+        pairs.append((view[at + 2 : at + 2 + length], view[at + 2 + length : end]))
+        at = end
+    return tuple(pairs)
+
+
+def _optional_bytes(value: object) -> bytes | None:
+    return None if value is None else bytes(value)  # type: ignore[call-overload]
+
+
+def passkey_from_row(row: Row) -> PasskeyRecord:
+    user_id, credential_id, public_key, sign_count, salt, wrapped, created, last_used = row
+    return PasskeyRecord(
+        user_id=bytes(user_id),
+        credential_id=bytes(credential_id),
+        public_key=bytes(public_key),
+        sign_count=int(sign_count),
+        prf_salt=bytes(salt),
+        wrapped_key=_optional_bytes(wrapped),
+        created_at=float(created),
+        last_used_at=None if last_used is None else float(last_used),
+    )
+
+
+def challenge_from_row(row: Row) -> PasskeyChallenge:
+    challenge, user_id, ceremony, expires, credential_id, new_salt, offered, consumed = row
+    return PasskeyChallenge(
+        challenge=bytes(challenge),
+        user_id=bytes(user_id),
+        ceremony=str(ceremony),
+        expires_at=float(expires),
+        credential_id=_optional_bytes(credential_id),
+        new_prf_salt=_optional_bytes(new_salt),
+        offered_salts=decode_offered_salts(bytes(offered)),
+        consumed=bool(consumed),
+    )
+
+
+def add_passkey(tx: Tx, record: PasskeyRecord) -> None:
+    """Insert ``record`` (the adapter maps the driver's integrity error, a taken
+    credential id, to :class:`InvalidParameter`)."""
+    tx.execute(
+        _INSERT_PASSKEY,
+        (
+            record.user_id,
+            record.credential_id,
+            record.public_key,
+            record.sign_count,
+            record.prf_salt,
+            record.wrapped_key,
+            record.created_at,
+            record.last_used_at,
+        ),
+    )
+
+
+def get_passkey(tx: Tx, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None:
+    row = tx.fetchone(_SELECT_PASSKEY, (user_id, credential_id))
+    return None if row is None else passkey_from_row(row)
+
+
+def list_passkeys(tx: Tx, user_id: bytes) -> list[PasskeyRecord]:
+    return [passkey_from_row(r) for r in tx.fetchall(_LIST_PASSKEYS, (user_id,))]
+
+
+def check_passkey_update(
+    sign_count: int, prf_salt: bytes | None, wrapped_key: bytes | None
+) -> None:
+    """The argument checks of ``update_passkey`` (before any transaction)."""
+    check_sign_count(sign_count)
+    if prf_salt is not None:
+        check_prf_salt(prf_salt)
+        if wrapped_key is None:
+            raise InvalidParameter("a new PRF salt needs a new wrapped key")
+    check_wrapped_key(wrapped_key)
+
+
+def update_passkey(
+    tx: Tx,
+    user_id: bytes,
+    credential_id: bytes,
+    *,
+    expected_sign_count: int,
+    expected_prf_salt: bytes,
+    sign_count: int,
+    last_used_at: float,
+    prf_salt: bytes | None,
+    wrapped_key: bytes | None,
+) -> PasskeyRecord | None:
+    """The compare-and-set of ``PasskeyStore.update_passkey`` (arguments already
+    checked by :func:`check_passkey_update`)."""
+    where = [user_id, credential_id, expected_sign_count, expected_prf_salt]
+    if prf_salt is not None and wrapped_key is not None:
+        sql, params = (
+            _UPDATE_PASSKEY_SALT_AND_WRAP,
+            [sign_count, last_used_at, wrapped_key, prf_salt],
+        )
+    elif wrapped_key is not None:
+        sql, params = _UPDATE_PASSKEY_WRAP, [sign_count, last_used_at, wrapped_key]
+    else:
+        sql, params = _UPDATE_PASSKEY_USE, [sign_count, last_used_at]
+    rows = tx.fetchall(sql, params + where)
+    return passkey_from_row(rows[0]) if rows else None
+
+
+def delete_passkey(tx: Tx, user_id: bytes, credential_id: bytes) -> bool:
+    return bool(tx.fetchall(_DELETE_PASSKEY, (user_id, credential_id)))
+
+
+def put_challenge(tx: Tx, challenge: PasskeyChallenge, purge_before: float) -> None:
+    tx.execute(_PURGE_CHALLENGES, (purge_before,))
+    tx.execute(
+        _INSERT_CHALLENGE,
+        (
+            challenge.challenge,
+            challenge.user_id,
+            challenge.ceremony,
+            challenge.expires_at,
+            challenge.credential_id,
+            challenge.new_prf_salt,
+            encode_offered_salts(challenge.offered_salts),
+            False,
+        ),
+    )
+
+
+def consume_challenge(tx: Tx, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
+    """Mark consumed (a conditional UPDATE: of racing callers one wins) and return
+    the challenge as it was before."""
+    rows = tx.fetchall(_CONSUME_CHALLENGE, (True, challenge, user_id, False))
+    if rows:
+        return dataclasses.replace(challenge_from_row(rows[0]), consumed=False)
+    row = tx.fetchone(_SELECT_CHALLENGE, (challenge, user_id))
+    return None if row is None else challenge_from_row(row)
+
+
+def check_passkey_ids(user_id: bytes, credential_id: bytes) -> None:
+    check_user_id(user_id)
+    check_credential_id(credential_id)

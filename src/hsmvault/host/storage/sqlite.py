@@ -11,6 +11,8 @@
   connection the store opened; call it once no other thread uses the store.
 * ``commit_upload`` is one transaction: it deletes the upload row and upserts the backup
   row, so a crash before it leaves the previous backup current and the upload resumable.
+* It is also the gateway's :class:`~hsmvault.host.storage.base.PasskeyStore` (schema 2):
+  every passkey write is one ``BEGIN IMMEDIATE`` transaction.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError
 from hsmvault.host.storage import sql_common
-from hsmvault.host.storage.base import BackupMeta, UploadMeta
+from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyRecord, UploadMeta
 from hsmvault.host.storage.sql_common import Params, Row
 
 __all__ = ["MIGRATIONS", "SqliteMetadataStore"]
@@ -55,6 +57,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (user_id, backup_id)
         )""",
     ),
+    # 2: passkeys and their challenges (ADR 0011)
+    sql_common.passkey_tables(blob="BLOB", bigint="INTEGER", real="REAL", boolean="INTEGER"),
 )
 
 
@@ -168,6 +172,64 @@ class SqliteMetadataStore:
     def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
         with self._write() as conn:
             return sql_common.delete_backup(_SqliteTx(conn), user_id, backup_id)
+
+    # -- PasskeyStore (ADR 0011) ------------------------------------------------------
+
+    def add_passkey(self, record: PasskeyRecord) -> None:
+        sql_common.check_passkey_record(record)
+        try:
+            with self._write() as conn:
+                sql_common.add_passkey(_SqliteTx(conn), record)
+        except sqlite3.IntegrityError:
+            raise InvalidParameter("credential id already registered") from None
+
+    def get_passkey(self, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None:
+        return sql_common.get_passkey(_SqliteTx(self._conn()), user_id, credential_id)
+
+    def list_passkeys(self, user_id: bytes) -> list[PasskeyRecord]:
+        return sql_common.list_passkeys(_SqliteTx(self._conn()), user_id)
+
+    def update_passkey(
+        self,
+        user_id: bytes,
+        credential_id: bytes,
+        *,
+        expected_sign_count: int,
+        expected_prf_salt: bytes,
+        sign_count: int,
+        last_used_at: float,
+        prf_salt: bytes | None = None,
+        wrapped_key: bytes | None = None,
+    ) -> PasskeyRecord | None:
+        sql_common.check_passkey_update(sign_count, prf_salt, wrapped_key)
+        with self._write() as conn:
+            return sql_common.update_passkey(
+                _SqliteTx(conn),
+                user_id,
+                credential_id,
+                expected_sign_count=expected_sign_count,
+                expected_prf_salt=expected_prf_salt,
+                sign_count=sign_count,
+                last_used_at=last_used_at,
+                prf_salt=prf_salt,
+                wrapped_key=wrapped_key,
+            )
+
+    def delete_passkey(self, user_id: bytes, credential_id: bytes) -> bool:
+        with self._write() as conn:
+            return sql_common.delete_passkey(_SqliteTx(conn), user_id, credential_id)
+
+    def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None:
+        sql_common.check_passkey_challenge(challenge)
+        try:
+            with self._write() as conn:
+                sql_common.put_challenge(_SqliteTx(conn), challenge, purge_before)
+        except sqlite3.IntegrityError:
+            raise InvalidParameter("challenge already issued") from None
+
+    def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
+        with self._write() as conn:
+            return sql_common.consume_challenge(_SqliteTx(conn), user_id, challenge)
 
     def close(self) -> None:
         with self._lock:

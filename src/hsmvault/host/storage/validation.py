@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from hsmvault.errors import InvalidParameter
+from hsmvault.host.storage.base import PASSKEY_CEREMONIES, PasskeyChallenge, PasskeyRecord
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -27,8 +28,14 @@ __all__ = [
     "check_backup_id",
     "check_blob_key",
     "check_chunk_size",
+    "check_credential_id",
+    "check_passkey_challenge",
+    "check_passkey_record",
+    "check_prf_salt",
+    "check_sign_count",
     "check_upload_fields",
     "check_user_id",
+    "check_wrapped_key",
     "is_valid_blob_key",
 ]
 
@@ -88,3 +95,81 @@ def check_upload_fields(upload_id: str, blob_key: str, size: int, sha256: str, l
         raise InvalidParameter("sha256 must be 64 lowercase hex digits")
     if not isinstance(label, str) or len(label) > 1024 or "\x00" in label:
         raise InvalidParameter("label must be at most 1024 characters without NUL")
+
+
+# -- passkeys (ADR 0011) --------------------------------------------------------------
+
+#: WebAuthn Level 3 §5.1: a credential id is at most 1023 bytes.
+MAX_CREDENTIAL_ID_LEN = 1023
+#: Bound on a stored COSE public key (an RSA-4096 key is ~550 bytes).
+MAX_PUBLIC_KEY_LEN = 2048
+#: Bound on a stored wrapped key (the ADR 0011 wrap is 93 bytes).
+MAX_WRAPPED_KEY_LEN = 1024
+PRF_SALT_LEN = 32
+
+
+def _is_bytes(value: object, low: int, high: int) -> bool:
+    return isinstance(value, bytes) and low <= len(value) <= high
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_credential_id(credential_id: bytes) -> bytes:
+    if not _is_bytes(credential_id, 1, MAX_CREDENTIAL_ID_LEN):
+        raise InvalidParameter(f"credential_id must be 1..{MAX_CREDENTIAL_ID_LEN} bytes")
+    return credential_id
+
+
+def check_prf_salt(salt: bytes) -> bytes:
+    if not _is_bytes(salt, PRF_SALT_LEN, PRF_SALT_LEN):
+        raise InvalidParameter(f"a PRF salt is {PRF_SALT_LEN} bytes")
+    return salt
+
+
+def check_sign_count(count: int) -> int:
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count < 1 << 32:
+        raise InvalidParameter("a sign count is an unsigned 32-bit integer")
+    return count
+
+
+def check_wrapped_key(wrapped: bytes | None) -> bytes | None:
+    if wrapped is not None and not _is_bytes(wrapped, 1, MAX_WRAPPED_KEY_LEN):
+        raise InvalidParameter(f"a wrapped key is 1..{MAX_WRAPPED_KEY_LEN} bytes")
+    return wrapped
+
+
+def check_passkey_record(record: PasskeyRecord) -> None:
+    """Field checks for a new passkey row."""
+    check_user_id(record.user_id)
+    check_credential_id(record.credential_id)
+    if not _is_bytes(record.public_key, 1, MAX_PUBLIC_KEY_LEN):
+        raise InvalidParameter(f"public_key must be 1..{MAX_PUBLIC_KEY_LEN} bytes")
+    check_sign_count(record.sign_count)
+    check_prf_salt(record.prf_salt)
+    check_wrapped_key(record.wrapped_key)
+    if not _is_time(record.created_at) or not (
+        record.last_used_at is None or _is_time(record.last_used_at)
+    ):
+        raise InvalidParameter("created_at and last_used_at must be numbers")
+
+
+def check_passkey_challenge(challenge: PasskeyChallenge) -> None:
+    """Field checks for a new challenge row."""
+    if not _is_bytes(challenge.challenge, 16, 64):
+        raise InvalidParameter("a challenge is 16..64 bytes")
+    check_user_id(challenge.user_id)
+    if challenge.ceremony not in PASSKEY_CEREMONIES:
+        raise InvalidParameter(f"ceremony must be one of {PASSKEY_CEREMONIES}")
+    if not _is_time(challenge.expires_at):
+        raise InvalidParameter("expires_at must be a number")
+    if challenge.credential_id is not None:
+        check_credential_id(challenge.credential_id)
+    if challenge.new_prf_salt is not None:
+        check_prf_salt(challenge.new_prf_salt)
+    for credential_id, salt in challenge.offered_salts:
+        check_credential_id(credential_id)
+        check_prf_salt(salt)
+    if challenge.consumed:
+        raise InvalidParameter("a new challenge is not consumed")

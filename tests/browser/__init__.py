@@ -1,0 +1,1 @@
+"""Browser tests of the passkey page (Chromium + Playwright, virtual authenticator)."""

@@ -3,17 +3,32 @@
 Wire layout (proto2, all fields ``required``, emitted in field-number order, so even zero
 values are written)::
 
-    field  name         proto type                       wire type
-    1      ciphersuite  uint32  (0x0001 = protobuf+Ed25519)  0 varint
-    2      namespace    string  (UTF-8)                      2 length-delimited
-    3      timestamp    uint64  (milliseconds, caller's unit) 0 varint
-    4      epoch        message Epoch { uint64 inner = 1; }  2 length-delimited
-    5      digest       bytes   (32 bytes here)              2 length-delimited
+    field  name         proto type                                wire type
+    1      ciphersuite  uint32 (0x0001 = protobuf + Ed25519)      0 varint
+    2      namespace    string (UTF-8)                            2 length-delimited
+    3      timestamp    uint64 (milliseconds since the Unix epoch) 0 varint
+    4      epoch        message Epoch { required uint64 inner = 1; }  2 length-delimited
+    5      digest       bytes (32 bytes here)                     2 length-delimited
 
-Field numbers and types were read from cloudflare/plexi
-``plexi_core/src/proto/specs/types.proto`` (field 1 is named ``version`` in one revision
-of that file and ``ciphersuite`` in the Rust code; the wire is the same). The timestamp unit
-is not stated there. No Plexi-produced byte vector has been checked against this encoder.
+Source: cloudflare/plexi ``plexi_core/src/proto/specs/types.proto`` (commit 0108f7d22adb,
+2025-04-16; field 1 was named ``version`` and ``Epoch.inner`` was ``optional`` before
+commit 8ee904cf160f, which changes nothing on the wire for these values), encoded by
+``prost`` (``plexi_core/src/lib.rs``, ``SignatureMessage::to_vec_proto``).
+
+**Checked against Plexi's own bytes.** ``plexi_core/tests/test-vectors.json`` (unchanged
+from commit cc326bb62358 to 0108f7d22adb) gives an Ed25519 seed, a message and the
+signature Plexi's ``test_vector`` test reproduces; our encoding of that message, signed
+with that seed, gives exactly that signature (``tests/transparency/test_plexi.py``, with
+the older vector of commit 289489600a31 too). Ed25519 is deterministic, so this pins the
+message bytes. The vectors have no zero-valued field, so "zero values are written" rests
+on proto2 ``required`` semantics, not on a Plexi-produced byte.
+
+**Timestamp unit: milliseconds.** Plexi's CLI formats a signature time as
+``OffsetDateTime::from_unix_timestamp(timestamp / 1000)`` (``plexi_cli/src/cmd.rs``), and
+the vectors' timestamp is 1717084639921 (2024-05-30 in ms).
+
+Not shared with Plexi: its ``key_id`` is one byte (the last byte of the public key,
+``plexi_core/src/crypto.rs``); ours is the SHA-256 of the key (ADR 0010).
 """
 
 from __future__ import annotations

@@ -1,0 +1,7 @@
+"""``python -m hsmvault.transparency.witness``: see :mod:`.cli`."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

@@ -42,8 +42,10 @@ contracts: venv
 	$(VENV)/bin/lint-imports
 
 # pytest exits 5 when it collected no test: a suite that ran nothing has proved nothing.
+# Bytecode caching is switched back on (some machines export PYTHONDONTWRITEBYTECODE=1):
+# the suite starts hundreds of node processes, each of which would recompile our modules.
 pytest: venv
-	@rc=0; $(VENV)/bin/pytest -n auto --timeout=600 $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -n auto --timeout=600 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test: lint typecheck contracts pytest

@@ -81,13 +81,13 @@ from hsmvault.cli import gateway_host
 from hsmvault.cli.config import DeploymentConfig
 from hsmvault.cli.dev_tokens import DevTokenIssuer
 from hsmvault.cli.local_deployment import LocalDeployment
-from hsmvault.cli.witness_stub import fetch_pinned_keys
 from hsmvault.client.recovery_codes import Pin
 from hsmvault.client.sdk import Progress, ProgressCallback, VaultClient
 from hsmvault.client.vault_protocol import KsfPolicy, VaultProtocolConfig
 from hsmvault.crypto.backup_stream import BackupKey
 from hsmvault.crypto.ksf import KsfAlgorithm, KsfParams
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
+from hsmvault.fleet.formation import FleetLayout
 
 TINY_KSF: Final = KsfParams(KsfAlgorithm.ARGON2ID, memory_kib=8, iterations=1, parallelism=1)
 PROTOCOL: Final = VaultProtocolConfig(enrolment_ksf=TINY_KSF, ksf_policy=KsfPolicy(floor=TINY_KSF))
@@ -285,7 +285,7 @@ def _child_transfer(spec: dict[str, Any]) -> dict[str, Any]:
 
     else:
         issuer = DevTokenIssuer.load_or_create(Path(spec["data_dir"]))
-        keys = fetch_pinned_keys(spec["witness_url"])
+        keys = FleetLayout.load(Path(spec["data_dir"]) / "fleet").public_keys  # pinned mode
         client = _client(spec, spec["user"], issuer, keys, phases.report)
         key = BackupKey(bytes.fromhex(spec["backup_key"]))
         if kind == "backup":
@@ -363,7 +363,7 @@ def _child_users(spec: dict[str, Any]) -> dict[str, Any]:
     """Serial baseline users, then ``users`` threads registering at once, then recovering
     at once."""
     issuer = DevTokenIssuer.load_or_create(Path(spec["data_dir"]))
-    keys = fetch_pinned_keys(spec["witness_url"])
+    keys = FleetLayout.load(Path(spec["data_dir"]) / "fleet").public_keys  # pinned mode
     node_pids: list[int] = spec["node_pids"]
     timeout = float(spec["timeout_s"])
     rng = random.Random(spec["seed"])

@@ -5,7 +5,13 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ["bench.bench_opaque", "bench.bench_backup", "bench.bench_fleet", "bench.bench_e2e"]
+BENCHMARKS = [
+    "bench.bench_opaque",
+    "bench.bench_backup",
+    "bench.bench_bundle",
+    "bench.bench_fleet",
+    "bench.bench_e2e",
+]
 
 
 def main() -> int:

@@ -30,6 +30,9 @@ def test_help_works_for_every_command(capsys: pytest.CaptureFixture[str]) -> Non
     assert ["backup", "create"] in paths
     assert ["node", "stop"] in paths
     assert ["secret", "recover"] in paths
+    assert ["audit", "log"] in paths
+    assert ["fleet", "publish-keys"] in paths
+    assert ["witness", "serve"] in paths
     assert len(paths) >= 20
     for path in paths:
         with pytest.raises(SystemExit) as exc:
@@ -49,6 +52,9 @@ def test_data_commands_accept_json_after_their_name() -> None:
         ["secret", "status", "--json"],
         ["token", "--json"],
         ["config", "--json"],
+        ["audit", "--json"],
+        ["audit", "log", "--json"],
+        ["fleet", "publish-keys", "--json"],
     ):
         assert parser.parse_args(argv).json is True, argv
 

@@ -2,8 +2,8 @@
 
 :class:`UpProcess` starts ``hsmvault up --json`` on a temporary data directory with
 every port chosen free (``HSMVAULT_*_PORT=0``), waits for its ``ready`` event, and on
-:meth:`stop` sends SIGTERM (then SIGKILL) to it and kills any node process it may have
-left behind, by the pids in the nodes' ready files.
+:meth:`stop` sends SIGTERM (then SIGKILL) to it and kills any node or witness process it
+may have left behind, by the pids in the nodes' ready files and ``run/witness.pid``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ CLI_TIMEOUT = 120.0
 
 
 def deployment_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HSMVAULT_")}
+    # no HSMVAULT_* of ours, and no SoftHSM2 configuration another test may have selected
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HSMVAULT_") and k != "SOFTHSM2_CONF"
+    }
     env.update(
         HSMVAULT_HOME=str(data_dir),
         HSMVAULT_NODE_BASE_PORT="0",
@@ -55,13 +60,15 @@ class UpProcess:
     """argv prefix that runs the CLI (e.g. ``[python, -m, hsmvault.cli.main]``)."""
     data_dir: Path
     cwd: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More ``HSMVAULT_*`` settings for ``up`` and the CLI (e.g. the operator custody)."""
     proc: subprocess.Popen[bytes] | None = None
     ready: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def env(self) -> dict[str, str]:
-        return deployment_env(self.data_dir)
+        return {**deployment_env(self.data_dir), **self.extra_env}
 
     def start(self) -> dict[str, Any]:
         assert self.proc is None
@@ -100,6 +107,11 @@ class UpProcess:
         self.stop()
         raise AssertionError(f"hsmvault up did not become ready: {self.events}")
 
+    def state(self) -> dict[str, Any]:
+        """The running ``up``'s ``run/state.json`` (gateway, witness, namespace)."""
+        doc: dict[str, Any] = json.loads((self.data_dir / "run" / "state.json").read_text())
+        return doc
+
     def cli(self, *args: str, stdin: str = "", device: Path | None = None) -> CliResult:
         argv = [*self.hsmvault, *args]
         if device is not None:
@@ -133,8 +145,15 @@ class UpProcess:
 
 
 def kill_leftover_nodes(data_dir: Path) -> list[int]:
-    """SIGKILL node processes of ``data_dir`` still alive (by their ready files)."""
+    """SIGKILL node processes of ``data_dir`` still alive (by their ready files), and
+    its witness process (by ``run/witness.pid``)."""
     killed = []
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((data_dir / "run" / "witness.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"hsmvault.transparency.witness" in cmdline and str(data_dir).encode() in cmdline:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
     for ready in data_dir.glob("fleet/node-*/host/ready.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             pid = int(json.loads(ready.read_text())["pid"])

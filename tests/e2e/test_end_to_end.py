@@ -1,19 +1,38 @@
 """End to end through real processes and real HTTP.
 
 ``hsmvault up`` runs in a subprocess on a temporary data directory (5 node processes,
-witness stub, gateway); every step below is a separate ``hsmvault`` process, as a user
-would type it. A "fresh client" is a new, empty device keystore directory: it has to get
-the backup key back from the fleet (or from the 64-digit key) before it can restore.
+the witness in its own process, gateway); every step below is a separate ``hsmvault``
+process, as a user would type it. A "fresh client" is a new, empty device directory: it
+pins the witness and operator keys at first use, verifies the fleet's validation bundle
+in every vault session, and has to get the backup key back from the fleet (or from the
+64-digit key) before it can restore. The freeze (stale bundle) and rollback checks run
+against the same deployment: the rollback through the CLI with a device that has seen a
+higher epoch, the freeze through the SDK with a clock 31 days ahead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+
+from hsmvault.cli.dev_tokens import DevTokenIssuer
+from hsmvault.cli.device_trust import DevicePins, pin_from_deployment
+from hsmvault.cli.local_deployment import DataLayout
+from hsmvault.client.bundle_verifier import BundleFleetTrust, BundleVerifier
+from hsmvault.client.passkeys import SoftwareAuthenticator
+from hsmvault.client.sdk import VaultClient
+from hsmvault.client.trust_store import FileTrustStore, MemoryTrustStore, NamespaceTrust
+from hsmvault.crypto.backup_stream import BackupKey
+from hsmvault.fleet.fleet_keys import FleetPublicKeys
+from hsmvault.transparency.errors import StaleBundle
+from hsmvault.transparency.witness_client import WitnessClient
 
 from .harness import CliResult, UpProcess, tree_digest
 
@@ -58,8 +77,16 @@ def test_up_reports_a_healthy_fleet_in_three_regions(up: UpProcess) -> None:
     assert len(ready["regions"]) == 3
     assert ready["leader"] is not None
     assert ready["gateway"]["url"].startswith("http://127.0.0.1:")
-    assert ready["witness"]["stub"] is True
+    witness = ready["witness"]
+    assert witness["url"].startswith("http://127.0.0.1:")
+    assert witness["namespace"] == "hsmvault/local"
+    assert witness["epoch"] == 1  # published before the gateway served
+    assert witness["operator_custody"] == "software"
+    assert (up.data_dir / "operator" / "operator.seed").stat().st_mode & 0o077 == 0
+    assert any("published epoch 1" in e.get("message", "") for e in up.events)
     status = _ok(up.cli("status", "--json")).json()
+    assert status["witness"]["epoch"] == 1
+    assert status["witness"]["operator_public_key"] == witness["operator_public_key"]
     assert status["running"] is True
     assert {n["region"] for n in status["nodes"]} == set(ready["regions"])
     assert all(n["api"].startswith("127.0.0.1:") for n in status["nodes"])
@@ -440,6 +467,161 @@ def test_fleet_serves_with_two_nodes_down(up: UpProcess, tmp_path: Path) -> None
     assert _ok(up.cli("status", "--json")).json()["nodes_up"] == 5
 
 
+def _pins(up: UpProcess, device: Path) -> DevicePins:
+    return pin_from_deployment(DataLayout(up.data_dir), device)
+
+
+def test_a_published_epoch_is_audited_and_devices_follow_it(up: UpProcess, tmp_path: Path) -> None:
+    device = tmp_path / "phone"
+    first = up.cli(
+        "secret", "set", "--pin", "--secret-stdin", "--user", "pub", stdin=PIN + "\n", device=device
+    )
+    _ok(first)
+    assert "pinned at first use" in first.stdout + first.stderr
+    pins = json.loads((device / "trust.json").read_text())
+    assert pins["namespace"] == "hsmvault/local"
+    assert pins["operator_public_keys"] == [up.ready["witness"]["operator_public_key"]]
+    before = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
+    audit = _ok(up.cli("audit", "log", "--json", device=device)).json()
+    assert [e["epoch"] for e in audit["epochs"]] == list(range(1, before + 1))
+    assert audit["epochs"][0]["fleets"][0]["fleet_id"] == up.ready["fleet_id"]
+
+    published = _ok(up.cli("fleet", "publish-keys", "--json")).json()
+    assert published["epoch"] == before + 1
+    assert published["installed"] == [{"fleet_id": up.ready["fleet_id"], "epoch": before + 1}]
+    # the device that accepted the old epoch accepts the new one (the log grew consistently)
+    again = up.cli(
+        "secret",
+        "recover",
+        "--pin",
+        "--secret-stdin",
+        "--user",
+        "pub",
+        stdin=PIN + "\n",
+        device=device,
+    )
+    _ok(again)
+    assert "pinned at first use" not in again.stdout + again.stderr  # never refetched
+    store = FileTrustStore(device / "trust-store.json").get("hsmvault/local")
+    assert store is not None
+    assert store.highest_epoch == before + 1
+    audit = _ok(up.cli("audit", "log", "--json", device=device)).json()
+    assert audit["consistency"]["status"] == "consistent"
+    # a re-publication: at most a new issued_at, the same fleet keys
+    assert {c["kind"] for c in audit["epochs"][-1]["changes"]} <= {"reissued"}
+
+
+def test_a_device_that_saw_a_higher_epoch_refuses_the_fleet(up: UpProcess, tmp_path: Path) -> None:
+    device = tmp_path / "rolled"
+    current = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
+    _pins(up, device)
+    FileTrustStore(device / "trust-store.json").put("hsmvault/local", NamespaceTrust(current + 5))
+    refused = up.cli(
+        "secret",
+        "set",
+        "--pin",
+        "--secret-stdin",
+        "--json",
+        "--user",
+        "roll",
+        stdin=PIN + "\n",
+        device=device,
+    )
+    assert refused.code == 1
+    assert refused.json()["error"] == "epoch_rollback"
+    assert not (device / "backup-key.wrapped").exists()
+    # the store is untouched by the refusal
+    state = FileTrustStore(device / "trust-store.json").get("hsmvault/local")
+    assert state is not None
+    assert state.highest_epoch == current + 5
+    # a device without that memory is served
+    _ok(
+        up.cli(
+            "secret",
+            "set",
+            "--pin",
+            "--secret-stdin",
+            "--user",
+            "roll",
+            stdin=PIN + "\n",
+            device=tmp_path / "fresh",
+        )
+    )
+
+
+class _CountingTrust:
+    def __init__(self, inner: BundleFleetTrust) -> None:
+        self.inner = inner
+        self.sessions = 0
+
+    def session_keys(
+        self, fleet_id: bytes, request: bytes, bundle: bytes, fleet_signature: bytes
+    ) -> FleetPublicKeys:
+        self.sessions += 1
+        assert bundle  # the fleet served its bundle in this session
+        return self.inner.session_keys(fleet_id, request, bundle, fleet_signature)
+
+
+def test_the_sdk_verifies_the_bundle_every_session_and_refuses_a_frozen_one(
+    up: UpProcess, tmp_path: Path
+) -> None:
+    state = up.state()
+    pins = _pins(up, tmp_path / "sdk-device")
+    issuer = DevTokenIssuer.load_or_create(up.data_dir)
+
+    def consistency(first: int, second: int) -> tuple[bytes, ...]:
+        with WitnessClient(str(state["witness_url"])) as client:
+            return client.consistency_proof(first, second).proof
+
+    def client_at(clock_offset: float, trust_user: str) -> tuple[VaultClient, _CountingTrust]:
+        verifier = BundleVerifier(
+            pins.policy(),
+            MemoryTrustStore(),
+            clock=lambda: time.time() + clock_offset,
+            consistency_fetcher=consistency,
+        )
+        counting = _CountingTrust(BundleFleetTrust(verifier))
+        client = VaultClient(
+            str(state["gateway_url"]),
+            lambda: issuer.mint(trust_user, 300),
+            fleet_trust=counting,
+            user_id=trust_user,
+        )
+        return client, counting
+
+    key = BackupKey.generate()
+    client, counting = client_at(0.0, "sdk-user")
+    with client:
+        client.protect_with_pin(PIN, key)
+        assert client.recover(PIN) == key
+    assert counting.sessions == 2  # one RegistrationStart, one LoginStart
+
+    frozen, counting = client_at(31 * 24 * 3600.0, "sdk-frozen")
+    with frozen, pytest.raises(StaleBundle):
+        frozen.protect_with_pin(PIN, BackupKey.generate())
+    assert counting.sessions == 1
+
+
+def test_passkeys_through_the_deployment_gateway(up: UpProcess) -> None:
+    """`hsmvault up` serves the passkey page with its test sign-in; a passkey made for
+    the page's origin protects and recovers a backup key through that gateway."""
+    port = str(up.state()["gateway_url"]).rsplit(":", 1)[-1]
+    origin = f"http://localhost:{port}"
+    page = httpx.get(f"{origin}/passkeys", timeout=10)
+    assert page.status_code == 200
+    assert "passkeys.js" in page.text
+    login = httpx.post(f"{origin}/v1/passkeys/test-login", json={"username": "pk-user"}, timeout=10)
+    assert login.status_code == 200
+    token = login.json()["token"]
+
+    key = BackupKey.generate()
+    device = SoftwareAuthenticator(origin)
+    with VaultClient(origin, lambda: token, user_id="pk-user") as client:
+        credential = client.protect_with_passkey(device, key)
+        assert client.recover_with_passkey(device) == key
+        assert [p.credential_id for p in client.list_passkeys()] == [credential]
+
+
 def test_restart_keeps_every_backup_and_secret(up: UpProcess, tmp_path: Path) -> None:
     source = _sample_tree(tmp_path / "source")
     device = tmp_path / "a"
@@ -457,10 +639,17 @@ def test_restart_keeps_every_backup_and_secret(up: UpProcess, tmp_path: Path) ->
     )
     _ok(up.cli("backup", "create", str(source), "--id", "keep", "--user", "rst", device=device))
     fleet_id = up.ready["fleet_id"]
+    epoch = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
     up.stop()
-    assert up.cli("status", "--json").json()["running"] is False
+    stopped = up.cli("status", "--json").json()
+    assert stopped["running"] is False
+    assert stopped["witness"]["operator_public_key"] == up.ready["witness"]["operator_public_key"]
+    logged = len(up.events)
     again = up.start()
     assert again["fleet_id"] == fleet_id
+    # the installed bundle is fresh: nothing is re-published at this start
+    assert again["witness"]["epoch"] == epoch
+    assert not any("publishing" in e.get("message", "") for e in up.events[logged:])
     _ok(
         up.cli(
             "secret",

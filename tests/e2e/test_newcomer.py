@@ -1,5 +1,8 @@
 """A newcomer's first ten minutes: a fresh clone, the README's demo command, then a
-backup and a restore with that clone's own CLI.
+backup and a restore with that clone's own CLI — through the real witness: the clone's
+``up`` publishes the fleet keys, its CLI pins the witness and operator keys at first use
+and verifies the fleet's validation bundle in every session, and ``hsmvault audit``
+verifies the log.
 
 The clone is of this checkout's HEAD (``git clone`` into a temporary directory; set
 ``HSMVAULT_NEWCOMER_REPO`` to clone another repository, e.g. a throw-away commit of a
@@ -114,6 +117,7 @@ def test_make_demo_on_a_fresh_clone_succeeds(
     assert "demo complete" in demo_run.stdout
     assert "identical" in demo_run.stdout
     assert "LOCKED OUT" in demo_run.stdout
+    assert "fleet keys published as epoch 1" in demo_run.stdout  # the real witness ran
     # the clone's own code ran, installed by make into the clone's .venv
     where = subprocess.run(
         [
@@ -151,7 +155,10 @@ def test_backup_and_restore_with_the_clones_cli(clone_up: UpProcess, tmp_path: P
     (source / "docs" / "letter.txt").write_text("dear newcomer\n" * 100)
     (source / "photo.bin").write_bytes(os.urandom(300_000))
     run = clone_up.cli
-    assert run("secret", "set", "--pin", "--secret-stdin", stdin=PIN + "\n").code == 0
+    assert clone_up.ready["witness"]["epoch"] == 1
+    first = run("secret", "set", "--pin", "--secret-stdin", stdin=PIN + "\n")
+    assert first.code == 0, first.stderr
+    assert "pinned at first use" in first.stdout + first.stderr
     assert run("backup", "create", str(source), "--id", "first").code == 0
     new_phone = tmp_path / "new-phone"
     recovered = run(
@@ -161,3 +168,6 @@ def test_backup_and_restore_with_the_clones_cli(clone_up: UpProcess, tmp_path: P
     restored = run("backup", "restore", "first", str(tmp_path / "restored"), device=new_phone)
     assert restored.code == 0, restored.stderr
     assert tree_digest(tmp_path / "restored") == tree_digest(source)
+    audit = run("audit", "log", "--json")
+    assert audit.code == 0, audit.stdout + audit.stderr
+    assert [e["epoch"] for e in audit.json()["epochs"]] == [1]

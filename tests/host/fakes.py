@@ -31,6 +31,7 @@ from hsmvault.wire.hsm_api import (
     refusal_for,
 )
 
+from .assignment_fakes import MemoryFleetAssignments
 from .passkey_fakes import MemoryPasskeyStore
 
 
@@ -65,9 +66,10 @@ class MemoryBlobStore:
             self.blobs.pop(key, None)
 
 
-class MemoryMetadataStore(MemoryPasskeyStore):
+class MemoryMetadataStore(MemoryPasskeyStore, MemoryFleetAssignments):
     def __init__(self) -> None:
         super().__init__()  # the passkey tables (ADR 0011)
+        MemoryFleetAssignments.__init__(self)  # fleet assignments (ADR 0013)
         self.uploads: dict[tuple[bytes, str, str], UploadMeta] = {}
         self.backups: dict[tuple[bytes, str], BackupMeta] = {}
         self._lock = threading.Lock()

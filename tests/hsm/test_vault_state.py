@@ -189,6 +189,7 @@ commands: st.SearchStrategy[vs.Command] = st.one_of(
     ),
     st.builds(vs.Delete, user_ids, versions),
     st.just(vs.NoOp()),
+    st.just(vs.Decommission()),
     st.builds(
         vs.BundlePart,
         st.integers(0, 2**64 - 1),
@@ -214,6 +215,7 @@ results: st.SearchStrategy[vs.CommandResult] = st.one_of(
     st.builds(vs.Refused, st.sampled_from(vs.Refusal)),
     st.builds(vs.BundleStaged, st.integers(0, 2**32 - 1)),
     st.builds(vs.BundleInstalled, st.integers(0, 2**64 - 1)),
+    st.builds(vs.Decommissioned, st.integers(0, 2**32 - 1)),
 )
 
 

@@ -191,6 +191,7 @@ def _valid_requests(fleet: LocalFleet) -> list[api.Request]:
         api.StatusRequest(),
         api.RejoinRequest(fleet.layout.fleet_id, bytes(32), 2, bytes(64)),
         api.InstallBundleRequest(1, b"\x01"),
+        api.DecommissionRequest(bytes(32)),  # another fleet's id: erases nothing
     ]
 
 
@@ -225,6 +226,7 @@ def test_every_request_type_with_meaningless_fields_is_refused(unchanged: LocalF
         api.ChangeSecretRequest: {Outcome.NO_SESSION, Outcome.BAD_REQUEST},
         api.DeleteRequest: {Outcome.NO_SESSION, Outcome.BAD_REQUEST},
         api.RejoinRequest: {Outcome.BAD_REQUEST},  # node id of no member
+        api.DecommissionRequest: {Outcome.BAD_REQUEST},  # not this fleet's id
     }
     for request in _valid_requests(unchanged):
         outcomes = expected.get(type(request))

@@ -52,6 +52,7 @@ requests: st.SearchStrategy[api.Request] = st.one_of(
         st.binary(min_size=api.SIGNATURE_LEN, max_size=api.SIGNATURE_LEN),
     ),
     st.builds(api.InstallBundleRequest, epochs, bundles.filter(bool)),
+    st.builds(api.DecommissionRequest, fleet_ids),
 )
 
 _ok = st.just(api.Outcome.OK)
@@ -79,9 +80,10 @@ _ok_responses: st.SearchStrategy[api.Response] = st.one_of(
     st.builds(api.AttemptsRemainingResponse, _ok, remaining),
     st.builds(api.ChangeSecretResponse, _ok),
     st.builds(api.DeleteResponse, _ok),
-    st.builds(api.StatusResponse, _ok, counts, counts, counts),
+    st.builds(api.StatusResponse, _ok, counts, counts, counts, st.booleans()),
     st.builds(api.RejoinResponse, _ok),
     st.builds(api.InstallBundleResponse, _ok, epochs),
+    st.builds(api.DecommissionResponse, _ok, counts),
 )
 _RESPONSE_TYPES: list[type[api.Response]] = [
     api.RegistrationStartResponse,
@@ -94,6 +96,7 @@ _RESPONSE_TYPES: list[type[api.Response]] = [
     api.StatusResponse,
     api.RejoinResponse,
     api.InstallBundleResponse,
+    api.DecommissionResponse,
     api.ErrorResponse,
 ]
 _refused_responses: st.SearchStrategy[api.Response] = st.builds(
@@ -137,10 +140,10 @@ def test_every_response_round_trips(response: api.Response) -> None:
 
 def test_every_request_type_has_one_response_type() -> None:
     assert set(_RESPONSE_TYPES) == {*api.RESPONSE_FOR.values(), api.ErrorResponse}
-    assert len(api.RESPONSE_FOR) == 10
-    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 10
-    assert len(set(api.RESPONSE_FOR.values())) == 10
-    assert len({cls.TAG for cls in _RESPONSE_TYPES}) == 11
+    assert len(api.RESPONSE_FOR) == 11
+    assert len({cls.TAG for cls in api.RESPONSE_FOR}) == 11
+    assert len(set(api.RESPONSE_FOR.values())) == 11
+    assert len({cls.TAG for cls in _RESPONSE_TYPES}) == 12
     assert isinstance(api.refusal_for(None, api.Outcome.BAD_REQUEST), api.ErrorResponse)
     refused = api.refusal_for(api.StatusRequest(), api.Outcome.UNAVAILABLE)
     assert isinstance(refused, api.StatusResponse)
@@ -151,9 +154,9 @@ def test_rejoin_request_encoding_is_strict_and_golden() -> None:
     fleet_id, node_id, signature = b"\x11" * 32, b"\x22" * 32, b"\x33" * 64
     request = api.RejoinRequest(fleet_id, node_id, 7, signature)
     data = request.to_bytes()
-    assert data.hex() == "0309" + "11" * 32 + "22" * 32 + "0000000000000007" + "33" * 64
-    assert api.RejoinResponse(api.Outcome.OK).to_bytes() == b"\x03\x89\x00"
-    assert api.RejoinResponse.refused(api.Outcome.INVALID_LOGIN).to_bytes() == b"\x03\x89\x01"
+    assert data.hex() == "0409" + "11" * 32 + "22" * 32 + "0000000000000007" + "33" * 64
+    assert api.RejoinResponse(api.Outcome.OK).to_bytes() == b"\x04\x89\x00"
+    assert api.RejoinResponse.refused(api.Outcome.INVALID_LOGIN).to_bytes() == b"\x04\x89\x01"
     assert request.ticket_bytes() == (
         api.REJOIN_TICKET_LABEL + fleet_id + node_id + (7).to_bytes(8, "big")
     )
@@ -177,37 +180,63 @@ def test_rejoin_request_encoding_is_strict_and_golden() -> None:
 
 def test_golden_encodings_do_not_drift() -> None:
     request = api.LoginFinishRequest(bytes(range(16)), b"\xaa" * 64)
-    assert api.API_VERSION == 3
-    assert request.to_bytes().hex() == "0304" + bytes(range(16)).hex() + "0040" + "aa" * 64
+    assert api.API_VERSION == 4
+    assert request.to_bytes().hex() == "0404" + bytes(range(16)).hex() + "0040" + "aa" * 64
     response = api.AttemptsRemainingResponse(api.Outcome.OK, 7)
-    assert response.to_bytes() == bytes([3, 0x85, 0, 7])
-    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x03\x83\x02"
+    assert response.to_bytes() == bytes([4, 0x85, 0, 7])
+    assert api.LoginStartResponse.refused(api.Outcome.LOCKED_OUT).to_bytes() == b"\x04\x83\x02"
     upload = api.RegistrationUpload(b"\x01\x02", b"\x03", b"\x04\x05\x06")
     assert upload.to_bytes().hex() == "01" + "00020102" + "0103" + "0003040506"
     register = api.RegisterRequest(b"u", bytes(32), b"\x5a" * api.MIN_SEALED_UPLOAD_LEN, 3, True)
     assert register.to_bytes().hex() == (
-        "0302" + "0175" + "00" * 32 + "003a" + "5a" * 58 + "03" + "01"
+        "0402" + "0175" + "00" * 32 + "003a" + "5a" * 58 + "03" + "01"
     )
     install = api.InstallBundleRequest(7, b"\xbb\xcc")
-    assert install.to_bytes().hex() == "030a" + "0000000000000007" + "00000002" + "bbcc"
+    assert install.to_bytes().hex() == "040a" + "0000000000000007" + "00000002" + "bbcc"
     installed = api.InstallBundleResponse(api.Outcome.OK, 7)
-    assert installed.to_bytes().hex() == "038a00" + "0000000000000007"
-    assert api.InstallBundleResponse.refused(api.Outcome.STALE_EPOCH).to_bytes() == b"\x03\x8a\x07"
+    assert installed.to_bytes().hex() == "048a00" + "0000000000000007"
+    assert api.InstallBundleResponse.refused(api.Outcome.STALE_EPOCH).to_bytes() == b"\x04\x8a\x07"
     assert api.InstallBundleResponse.refused(api.Outcome.EPOCH_CONFLICT).to_bytes() == (
-        b"\x03\x8a\x08"
+        b"\x04\x8a\x08"
     )
     start = api.RegistrationStartResponse(
         api.Outcome.OK, b"\x01" * 32, b"\x02", b"\x03" * 32, b"", b"\x04" * 64
     )
     assert start.to_bytes().hex() == (
-        "038100" + "01" * 32 + "000102" + "03" * 32 + "00000000" + "04" * 64
+        "048100" + "01" * 32 + "000102" + "03" * 32 + "00000000" + "04" * 64
     )
     login = api.LoginStartResponse(
         api.Outcome.OK, b"\x05" * 16, b"\x06", b"\x07", 9, b"\x03" * 32, b"B", b"\x04" * 64
     )
     assert login.to_bytes().hex() == (
-        "038300" + "05" * 16 + "000106" + "0107" + "09" + "03" * 32 + "0000000142" + "04" * 64
+        "048300" + "05" * 16 + "000106" + "0107" + "09" + "03" * 32 + "0000000142" + "04" * 64
     )
+
+
+def test_decommission_messages_are_golden_and_strict() -> None:
+    request = api.DecommissionRequest(b"\x11" * 32)
+    assert request.to_bytes().hex() == "040b" + "11" * 32
+    assert api.DecommissionResponse(api.Outcome.OK, 3).to_bytes().hex() == "048b00" + "00000003"
+    refused = api.DecommissionResponse.refused(api.Outcome.BAD_REQUEST)
+    assert refused.to_bytes() == b"\x04\x8b\x04"
+    assert int(api.Outcome.DECOMMISSIONED) == 9
+    gone = api.LoginStartResponse.refused(api.Outcome.DECOMMISSIONED)
+    assert gone.to_bytes() == b"\x04\x83\x09"
+    status = api.StatusResponse(api.Outcome.OK, 0, 0, 0, True)
+    assert status.to_bytes().hex() == "048800" + "00000000" * 3 + "01"
+    assert api.StatusResponse(api.Outcome.OK, 1, 2, 3).decommissioned is False
+    for bad in (bytes(31), bytes(33), b""):
+        with pytest.raises(DecodeError):
+            api.DecommissionRequest(bad)
+    with pytest.raises(DecodeError):
+        api.decode_request(request.to_bytes()[:-1])
+    with pytest.raises(DecodeError, match="trailing"):
+        api.decode_request(request.to_bytes() + b"\x00")
+    with pytest.raises(DecodeError, match="boolean"):  # the flag is 0 or 1
+        api.decode_response(status.to_bytes()[:-1] + b"\x02")
+    with pytest.raises(DecodeError, match="no payload"):
+        api.StatusResponse(api.Outcome.DECOMMISSIONED, decommissioned=True)
+    assert isinstance(api.refusal_for(request, api.Outcome.UNAVAILABLE), api.DecommissionResponse)
 
 
 # ------------------------------------------------------------------ strict parsing
@@ -257,13 +286,13 @@ def test_unknown_version_is_refused(request: api.Request, version: int) -> None:
 
 def test_unknown_tags_and_outcomes_are_refused() -> None:
     with pytest.raises(DecodeError, match="unknown request type"):
-        api.decode_request(b"\x03\x7f")
+        api.decode_request(b"\x04\x7f")
     with pytest.raises(DecodeError, match="unknown response type"):
-        api.decode_response(b"\x03\x01\x00")
+        api.decode_response(b"\x04\x01\x00")
     with pytest.raises(DecodeError, match="unknown outcome"):
-        api.decode_response(b"\x03\x82\x63")
+        api.decode_response(b"\x04\x82\x63")
     with pytest.raises(DecodeError, match="version"):  # the previous version is refused
-        api.decode_response(b"\x02\x85\x00\x07")
+        api.decode_response(b"\x03\x85\x00\x07")
     with pytest.raises(DecodeError, match="not a LoginStartRequest"):
         api.LoginStartRequest.from_bytes(api.StatusRequest().to_bytes())
 
@@ -297,7 +326,7 @@ def test_field_bounds_are_enforced_on_both_sides() -> None:
         api.LoginFinishRequest(bytes(15), b"k")
     # an over-long length prefix is refused before reading the body
     with pytest.raises(DecodeError):
-        api.decode_request(b"\x03\x05\x00")
+        api.decode_request(b"\x04\x05\x00")
 
 
 def test_refusals_carry_no_payload() -> None:
@@ -309,7 +338,7 @@ def test_refusals_carry_no_payload() -> None:
         api.ErrorResponse(api.Outcome.OK)
     # a refusal with payload bytes appended is refused
     with pytest.raises(DecodeError, match="trailing"):
-        api.decode_response(b"\x03\x83\x02" + bytes(16))
+        api.decode_response(b"\x04\x83\x02" + bytes(16))
 
 
 def test_repr_shows_lengths_not_bytes() -> None:

@@ -5,10 +5,11 @@ The device's backup key BK lives in the SDK's
 ``--device-dir``: another directory is another device). Everything goes through the SDK
 (:class:`~hsmvault.client.sdk.VaultClient`) to the gateway over HTTP.
 
-Where the CLI learns the fleet's public keys, in order: the running deployment's witness
-(a stub today), else ``fleet.json`` of the local data directory (pinned at formation),
-else — for a remote gateway with neither — the gateway's ``GET /v1/fleet``, trusted on
-first use with a printed warning.
+Which fleet the CLI trusts: every vault session's validation bundle is verified
+(:mod:`hsmvault.cli.device_trust`) under the witness and operator keys pinned in the
+device directory's ``trust.json`` — pinned at first use from the local deployment, and
+announced as such — with the device's accepted epochs and checkpoints in
+``trust-store.json``. Backups need no fleet trust (they never touch the fleet).
 
 Tokens: ``$HSMVAULT_TOKEN`` if set (a JWT from your app's auth service, for a remote
 gateway), else minted by the data directory's DEVELOPMENT-ONLY issuer
@@ -18,11 +19,9 @@ gateway), else minted by the data directory's DEVELOPMENT-ONLY issuer
 from __future__ import annotations
 
 import getpass
-import ipaddress
 import os
 import re
 import sys
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,9 +39,9 @@ from rich.progress import (
 )
 
 from hsmvault.cli.dev_tokens import DevTokenIssuer
+from hsmvault.cli.device_trust import DeviceTrust
 from hsmvault.cli.local_deployment import DataLayout, read_state
 from hsmvault.cli.output import EXIT_OK, Output
-from hsmvault.cli.witness_stub import fetch_pinned_keys
 from hsmvault.client.errors import AlreadyEnrolled, InvalidLogin
 from hsmvault.client.keystore import DeviceKeystore
 from hsmvault.client.recovery_codes import (
@@ -56,9 +55,7 @@ from hsmvault.client.recovery_codes import (
 from hsmvault.client.sdk import Progress as SdkProgress
 from hsmvault.client.sdk import VaultClient
 from hsmvault.crypto.backup_stream import BackupKey
-from hsmvault.errors import DecodeError, InvalidParameter, Unavailable, VaultError
-from hsmvault.fleet.fleet_keys import FleetPublicKeys
-from hsmvault.fleet.formation import FleetLayout
+from hsmvault.errors import InvalidParameter, Unavailable, VaultError
 
 if TYPE_CHECKING:
     from hsmvault.cli.main import Context
@@ -75,35 +72,11 @@ class NoBackupKey(VaultError):
 # --------------------------------------------------------------------------- session
 
 
-@dataclass
-class Endpoints:
-    gateway_url: str
-    fleet_keys: FleetPublicKeys | None
-    keys_source: str
-
-
-def resolve_endpoints(
-    config_gateway_url: str, explicit_url: str | None, data: DataLayout
-) -> Endpoints:
-    """Gateway URL and pinned fleet keys (see the module docstring)."""
+def resolve_gateway_url(config_gateway_url: str, explicit_url: str | None, data: DataLayout) -> str:
+    """``--gateway-url``, else the running deployment's gateway, else the configured one."""
     state = read_state(data)
     url = explicit_url or (state or {}).get("gateway_url") or config_gateway_url
-    keys: FleetPublicKeys | None = None
-    source = "gateway (trust on first use)"
-    witness = (state or {}).get("witness_url")
-    if witness:
-        try:
-            keys = fetch_pinned_keys(str(witness))
-            source = "witness (stub)"
-        except (Unavailable, DecodeError):
-            keys = None
-    if keys is None and data.formed:
-        try:
-            keys = FleetLayout.load(data.fleet_dir).public_keys
-            source = "fleet.json (pinned at formation)"
-        except DecodeError:
-            keys = None
-    return Endpoints(str(url).rstrip("/"), keys, source)
+    return str(url).rstrip("/")
 
 
 def token_provider(data_dir: Path, user: str, lifetime_s: int) -> Callable[[], str]:
@@ -127,7 +100,8 @@ class DeviceSession:
     client: VaultClient
     keystore: DeviceKeystore
     user: str
-    endpoints: Endpoints
+    gateway_url: str
+    trust: DeviceTrust
 
     def backup_key(self) -> BackupKey:
         key = self.keystore.load()
@@ -139,17 +113,6 @@ class DeviceSession:
         return key
 
 
-def _is_loopback_url(url: str) -> bool:
-    """Whether ``url`` names this machine (the only gateway the CLI trusts unpinned)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def open_session(
     ctx: Context, progress: Callable[[SdkProgress], object] | None = None
 ) -> DeviceSession:
@@ -157,23 +120,19 @@ def open_session(
     args = ctx.args
     data = DataLayout(config.data_dir)
     user = args.user or config.user
-    endpoints = resolve_endpoints(config.effective_gateway_url, args.gateway_url, data)
-    unsafe_tofu = endpoints.fleet_keys is None and _is_loopback_url(endpoints.gateway_url)
-    if unsafe_tofu:
-        ctx.out.say(
-            "[yellow]warning:[/yellow] no pinned fleet keys: trusting the local gateway's"
-            " /v1/fleet (trust on first use, loopback only)"
-        )
+    gateway_url = resolve_gateway_url(config.effective_gateway_url, args.gateway_url, data)
+    device_dir = args.device_dir or data.device_dir
+    trust = DeviceTrust(
+        device_dir, data, announce=lambda text: ctx.out.say(f"[yellow]trust:[/yellow] {text}")
+    )
     client = VaultClient(
-        endpoints.gateway_url,
+        gateway_url,
         token_provider(config.data_dir, user, config.token_lifetime_s),
-        fleet_keys=endpoints.fleet_keys,
-        unsafe_trust_gateway_fleet_keys=unsafe_tofu,
+        fleet_trust=trust,
         progress=progress,
         user_id=user,
     )
-    device_dir = args.device_dir or data.device_dir
-    return DeviceSession(client, DeviceKeystore(device_dir), user, endpoints)
+    return DeviceSession(client, DeviceKeystore(device_dir), user, gateway_url, trust)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -259,6 +218,7 @@ def _secret_set(ctx: Context) -> int:
                 out.say(f"  [bold cyan]{digits}[/bold cyan]")
             return EXIT_OK
         limit = ctx.args.guess_limit or ctx.config.guess_limit
+        session.trust.prepare()
         code = _enroll(ctx, session, kind, key, limit)
         session.keystore.store(key)
     doc: dict[str, Any] = {
@@ -288,6 +248,7 @@ def _secret_change(ctx: Context) -> int:
     kind = _kind(ctx.args)
     session = open_session(ctx)
     with session.client:
+        session.trust.prepare()
         current = read_secret(ctx, "current PIN, password or recovery code")
         new: Pin | Password | RecoveryCode
         if kind == "recovery_code":
@@ -318,6 +279,7 @@ def _secret_recover(ctx: Context) -> int:
         if kind == "digit_key":
             key = parse_64_digit_key(text)
         else:
+            session.trust.prepare()
             try:
                 key = session.client.recover(_typed_secret(kind, text))
             except InvalidLogin as exc:
@@ -354,8 +316,8 @@ def _secret_status(ctx: Context) -> int:
         "device_has_key": has_key,
         "device_dir": str(session.keystore.path),
         "attempts_remaining": left,
-        "fleet_keys_from": session.endpoints.keys_source,
-        "gateway_url": session.endpoints.gateway_url,
+        "fleet_keys_from": session.trust.describe(),
+        "gateway_url": session.gateway_url,
     }
     if ctx.out.json_mode:
         ctx.out.data(doc)
@@ -364,7 +326,7 @@ def _secret_status(ctx: Context) -> int:
             f"user {session.user}: this device {'holds' if has_key else 'does not hold'} a"
             f" backup key; guesses left on the fleet: {'?' if left is None else left}"
         )
-        ctx.out.say(f"fleet keys from {session.endpoints.keys_source}")
+        ctx.out.say(f"fleet trust: {session.trust.describe()}")
     return EXIT_OK
 
 

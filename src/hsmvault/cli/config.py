@@ -91,6 +91,8 @@ class DeploymentConfig:
     gateway_port: int = DEFAULT_GATEWAY_PORT
     # [witness]
     witness_port: int = DEFAULT_WITNESS_PORT
+    # [operator]
+    operator_custody: CustodyName = "software"
     # [client]
     user: str = "local-user"
     gateway_url: str = ""
@@ -137,6 +139,8 @@ def _validate(c: DeploymentConfig) -> None:
         raise ConfigError("fleet.regions must be a non-empty list of short ASCII names")
     if c.custody not in ("software", "softhsm"):
         raise ConfigError("fleet.custody must be 'software' or 'softhsm'")
+    if c.operator_custody not in ("software", "softhsm"):
+        raise ConfigError("operator.custody must be 'software' or 'softhsm'")
     if c.node_base_port != 0 and not 1024 <= c.node_base_port <= 65535 - 2 * c.nodes:
         raise ConfigError("fleet.node_base_port must be 0 or 1024..65535 minus 2 per node")
     _validate_listeners(c)
@@ -203,7 +207,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("fleet", "start_timeout_s", "start_timeout_s", "seconds to wait for a node or leader"),
     Setting("gateway", "host", "gateway_host", "gateway listen address (loopback only)"),
     Setting("gateway", "port", "gateway_port", "gateway port (0: any free port)"),
-    Setting("witness", "port", "witness_port", "witness stub port, same host (0: any free port)"),
+    Setting("witness", "port", "witness_port", "witness port, same host (0: any free port)"),
+    Setting(
+        "operator",
+        "custody",
+        "operator_custody",
+        "operator key custody: software (seed file) or softhsm (SoftHSM2 token)",
+    ),
     Setting("client", "user", "user", "user id the CLI acts as (dev tokens' sub)"),
     Setting("client", "gateway_url", "gateway_url", "gateway the CLI talks to (empty: local)"),
     Setting("client", "guess_limit", "guess_limit", "wrong guesses before the key is destroyed"),

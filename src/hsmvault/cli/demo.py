@@ -33,24 +33,32 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from hsmvault.cli.config import DeploymentConfig
 from hsmvault.cli.dev_tokens import DevTokenIssuer
 from hsmvault.cli.local_deployment import (
+    NAMESPACE,
     DataLayout,
     DeploymentError,
     LocalDeployment,
     control_request,
     read_state,
 )
-from hsmvault.cli.witness_stub import fetch_pinned_keys
+from hsmvault.cli.operator_key import read_operator_public_key
 from hsmvault.client.backup_files import decrypt_file, encrypt_file
+from hsmvault.client.bundle_verifier import (
+    BundleFleetTrust,
+    BundleVerifier,
+    PinnedWitnessKey,
+    TrustPolicy,
+)
 from hsmvault.client.errors import InvalidLogin as SdkInvalidLogin
 from hsmvault.client.keystore import DeviceKeystore
 from hsmvault.client.recovery_codes import Pin, format_64_digit_key
 from hsmvault.client.sdk import Progress as SdkProgress
 from hsmvault.client.sdk import VaultClient
+from hsmvault.client.trust_store import MemoryTrustStore
 from hsmvault.crypto.backup_stream import BackupKey
 from hsmvault.crypto.key_wrap import PURPOSE_OPAQUE_EXPORT_KEY, unwrap_backup_key, wrap_backup_key
 from hsmvault.crypto.opaque import OpaqueClient, OpaqueServer, RegistrationRecord
 from hsmvault.errors import InvalidLogin, LockedOut, Unavailable, VaultError, VerificationError
-from hsmvault.fleet.fleet_keys import FleetPublicKeys
+from hsmvault.transparency.witness_client import WitnessClient
 
 __all__ = ["DemoOptions", "format_64_digit_key", "run_demo", "run_full_demo", "write_sample_chat"]
 
@@ -225,7 +233,8 @@ class _Fleet:
     """The deployment the walk runs on: started here, or the running ``hsmvault up``."""
 
     gateway_url: str
-    fleet_keys: FleetPublicKeys
+    trust: BundleFleetTrust
+    namespace: str
     issuer: DevTokenIssuer
     stop_node: Callable[[int], object]
     start_node: Callable[[int], object]
@@ -246,7 +255,8 @@ def _deployment(config: DeploymentConfig, workdir: Path, console: Console) -> It
         console.print(f"  using the running deployment on {config.data_dir}")
         yield _Fleet(
             gateway_url=str(state["gateway_url"]),
-            fleet_keys=fetch_pinned_keys(str(state["witness_url"])),
+            trust=_bundle_trust(data, str(state["witness_url"]), str(state["namespace"])),
+            namespace=str(state["namespace"]),
             issuer=DevTokenIssuer.load_or_create(config.data_dir),
             stop_node=lambda i: control_request(data, "stop_node", {"index": i}),
             start_node=lambda i: control_request(data, "start_node", {"index": i}, 120),
@@ -263,7 +273,7 @@ def _deployment(config: DeploymentConfig, workdir: Path, console: Console) -> It
     )
     console.print(
         "  no deployment is running: starting a temporary one (5 HSM node processes,"
-        " witness stub, gateway) — `hsmvault up` runs a lasting one"
+        " the witness, gateway) — `hsmvault up` runs a lasting one"
     )
     deployment = LocalDeployment(temp_config)
     try:
@@ -275,7 +285,8 @@ def _deployment(config: DeploymentConfig, workdir: Path, console: Console) -> It
             raise _DemoFailed(f"the gateway is not available: {deployment.gateway_note}")
         yield _Fleet(
             gateway_url=deployment.gateway_url,
-            fleet_keys=fetch_pinned_keys(deployment.witness_url),
+            trust=_bundle_trust(deployment.data, deployment.witness_url, NAMESPACE),
+            namespace=NAMESPACE,
             issuer=deployment.issuer,
             stop_node=deployment.stop_node,
             start_node=deployment.start_node,
@@ -285,6 +296,31 @@ def _deployment(config: DeploymentConfig, workdir: Path, console: Console) -> It
     finally:
         console.print("  stopping the temporary deployment")
         deployment.close()
+
+
+def _bundle_trust(data: DataLayout, witness_url: str, namespace: str) -> BundleFleetTrust:
+    """The phones' trust: the witness keys (``/info``) and the operator key of the
+    deployment, pinned now; every session's validation bundle is verified under them."""
+    operator = read_operator_public_key(data.root)
+    if operator is None:
+        raise _DemoFailed(f"{data.root} has no operator key")
+    with WitnessClient(witness_url) as client:
+        info = client.info()
+
+    def consistency(first: int, second: int) -> list[bytes]:
+        with WitnessClient(witness_url) as client:
+            return list(client.consistency_proof(first, second).proof)
+
+    policy = TrustPolicy(
+        namespace=namespace,
+        witness_keys=tuple(PinnedWitnessKey(k.public_key, k.not_before) for k in info.keys),
+        operator_public_keys=(operator[0],),
+        log_key=info.log_key,
+        require_inclusion=True,
+    )
+    return BundleFleetTrust(
+        BundleVerifier(policy, MemoryTrustStore(), consistency_fetcher=consistency)
+    )
 
 
 @contextmanager
@@ -324,7 +360,7 @@ def _client(
     return VaultClient(
         fleet.gateway_url,
         lambda: fleet.issuer.mint(user, 300),
-        fleet_keys=fleet.fleet_keys,
+        fleet_trust=fleet.trust,
         user_id=user,
         progress=progress,
     )
@@ -348,6 +384,13 @@ def run_full_demo(options: DemoOptions, config: DeploymentConfig, console: Conso
                     f"  fleet {status['fleet_id'][:16]}…: {status['nodes_total']} nodes in"
                     f" {len(status['regions'])} regions, leader node-{status['leader']};"
                     f" gateway {fleet.gateway_url}"
+                )
+                witness = status.get("witness") or {}
+                console.print(
+                    f"  fleet keys published as epoch {witness.get('epoch')} of"
+                    f" {fleet.namespace!r}: signed and logged by the witness, counter-signed"
+                    " by the operator; the phones pin the witness and operator keys and"
+                    " verify that validation bundle in every session"
                 )
                 _walk(options, fleet, root, console)
         except _DemoFailed as failed:

@@ -83,6 +83,9 @@ def build_local_gateway_app(layout: FleetLayout, gateway_dir: Path, issuer: DevT
         fleets={"default": fleet},
         blobs=FilesystemBlobStore(gateway_dir / "blobs"),
         metadata=SqliteMetadataStore(gateway_dir / "metadata.sqlite3"),
+        # The passkey page's test sign-in: only because this deployment's one issuer is
+        # the development issuer anyway (anyone on this machine can mint its tokens).
+        test_login=issuer.mint,
     )
 
 

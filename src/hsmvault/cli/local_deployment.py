@@ -8,6 +8,9 @@ Everything lives in one data directory (:class:`DataLayout`)::
     <data dir>/gateway/blobs/      backup ciphertext (filesystem blob store)
     <data dir>/gateway/metadata.sqlite3   backup metadata (SQLite)
     <data dir>/dev-issuer/         DEVELOPMENT ONLY token signing key (cli.dev_tokens)
+    <data dir>/witness/            the witness's own data directory (its keys, admin
+                                   token and append-only log; transparency.witness)
+    <data dir>/operator/           the operator key (cli.operator_key)
     <data dir>/device/             the CLI's own device keystore (the client side)
     <data dir>/run/                up.lock, state.json (control endpoint; 0600)
     <data dir>/logs/               deployment.log
@@ -16,17 +19,23 @@ Everything lives in one data directory (:class:`DataLayout`)::
 fleet the first time (later starts reuse it: no data is lost across restarts), starts
 one ``python -m hsmvault.hsm.node_process`` per node and supervises them (a node that
 dies by itself is restarted with back-off unless it was stopped on purpose; a node that
-keeps refusing to start is marked ``failed`` with the error line it printed), serves the
-witness stub and the gateway on loopback, and answers a **control endpoint** — loopback
+keeps refusing to start is marked ``failed`` with the error line it printed), runs the
+**witness** in a process of its own (:class:`~hsmvault.transparency.witness.WitnessProcess`,
+initialised on first start, namespace :data:`NAMESPACE` registered under the operator
+key), publishes a validation bundle through :class:`~hsmvault.host.publisher.Publisher`
+when the fleet serves none or the last epoch is older than half the clients' freshness
+window (also checked hourly while running) — *before* the gateway accepts traffic —
+serves the gateway on loopback, and answers a **control endpoint** — loopback
 TCP, one JSON line in and out, authenticated by a random token in ``run/state.json``
-(mode 0600) — so that ``hsmvault status`` and ``hsmvault node stop|start`` (separate
-processes) act on it. :func:`control_request` and :func:`collect_status` are the other
-side.
+(mode 0600) — so that ``hsmvault status``, ``hsmvault node stop|start`` and ``hsmvault
+fleet publish-keys`` (separate processes) act on it. :func:`control_request` and
+:func:`collect_status` are the other side.
 
 Node processes run in their own process group, so a Ctrl-C in the terminal reaches only
 ``up``, which then stops the gateway and the nodes in order (SIGTERM, then SIGKILL after
 a grace period). If ``up`` itself was killed, the next ``up`` finds the orphans by their
-ready files and stops them before it starts new ones.
+ready files (and the witness by ``run/witness.pid``) and stops them before it starts new
+ones.
 """
 
 from __future__ import annotations
@@ -58,8 +67,9 @@ from hsmvault.cli.gateway_host import (
     GatewayThread,
     build_local_gateway_app,
 )
-from hsmvault.cli.witness_stub import STUB_NOTE, WitnessStub
+from hsmvault.cli.operator_key import OperatorKey, open_operator_key, read_operator_public_key
 from hsmvault.errors import DecodeError, Unavailable, VaultError
+from hsmvault.evidence.folder import evidence_digest
 from hsmvault.fleet.formation import (
     FLEET_FILE,
     LOOPBACK,
@@ -69,8 +79,19 @@ from hsmvault.fleet.formation import (
 )
 from hsmvault.fleet.node_api import NodeInfo
 from hsmvault.host.fleet_client import FleetClient, FleetClientConfig
+from hsmvault.host.publisher import (
+    DEFAULT_FRESHNESS_S,
+    PublishedFleet,
+    Publisher,
+    PublishResult,
+)
+from hsmvault.transparency.witness import WitnessProcess, init_data_dir, read_admin_token
+from hsmvault.transparency.witness.cli import DEFAULT_NAME as WITNESS_NAME
+from hsmvault.transparency.witness_client import WitnessClient
 
 __all__ = [
+    "NAMESPACE",
+    "REPUBLISH_AFTER_S",
     "DataLayout",
     "DeploymentError",
     "LocalDeployment",
@@ -89,6 +110,13 @@ _QUICK_EXIT_S: Final = 10.0
 #: Failed starts in a row before a node is marked ``failed`` and left alone.
 _MAX_FAILED_STARTS: Final = 5
 _CONTROL_TIMEOUT_S: Final = 30.0
+#: The namespace a local deployment publishes its fleet directory under.
+NAMESPACE: Final = "hsmvault/local"
+#: Re-publish when the last epoch is older than half the clients' freshness window.
+REPUBLISH_AFTER_S: Final = DEFAULT_FRESHNESS_S // 2
+_REPUBLISH_CHECK_S: Final = 3600.0
+_WITNESS_PID_FILE: Final = "witness.pid"
+_REGION_OK: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 NodeState = Literal["starting", "running", "stopped", "crashed", "failed"]
 Reporter = Callable[[str], None]
@@ -118,6 +146,10 @@ class DataLayout:
     @property
     def device_dir(self) -> Path:
         return self.root / "device"
+
+    @property
+    def witness_dir(self) -> Path:
+        return self.root / "witness"
 
     @property
     def run_dir(self) -> Path:
@@ -200,6 +232,30 @@ def _tail(path: Path, lines: int = 1) -> str:
     return " | ".join(line.strip() for line in text[-lines:])[:400]
 
 
+def _write_private_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _artifact_region(region: str) -> str:
+    """A region name as the fleet-key artifact allows it (``[a-z0-9-]``, 1..63, no
+    leading or trailing ``-``); ``""`` if nothing is left."""
+    text = "".join(c if c in _REGION_OK else "-" for c in region.lower())
+    return text.strip("-")[:63].strip("-")
+
+
+def _is_our_witness(pid: int, witness_dir: Path) -> bool:
+    """True if ``pid`` is a witness process serving ``witness_dir`` (Linux /proc)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"hsmvault.transparency.witness" in argv and str(witness_dir).encode() in argv
+
+
 def _is_our_node(pid: int, node_dir: Path) -> bool:
     """True if ``pid`` is a node process serving ``node_dir`` (Linux /proc check)."""
     try:
@@ -252,7 +308,11 @@ class _Node:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # nodes select their own SoftHSM2 configuration (never the operator's)
+                env={
+                    **{k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"},
+                    "PYTHONUNBUFFERED": "1",
+                },
                 process_group=0,  # Ctrl-C reaches `up`, which stops nodes in order
             )
         finally:
@@ -309,7 +369,13 @@ class LocalDeployment:
         self._layout: FleetLayout | None = None
         self._client: FleetClient | None = None
         self._issuer: DevTokenIssuer | None = None
-        self._witness: WitnessStub | None = None
+        self._witness: WitnessProcess | None = None
+        self._operator: OperatorKey | None = None
+        self._publisher: Publisher | None = None
+        self._witness_client: WitnessClient | None = None
+        self._publish_lock = threading.Lock()
+        self._published: dict[str, Any] = {}
+        self._next_publish_check = 0.0
         self._gateway: GatewayThread | None = None
         self._gateway_note: str | None = None
         self._control_sock: socket.socket | None = None
@@ -344,7 +410,13 @@ class LocalDeployment:
     def witness_url(self) -> str | None:
         if self._witness is None:
             return None
-        return f"http://{LOOPBACK}:{self._witness.port}"
+        return self._witness.url
+
+    @property
+    def published(self) -> dict[str, Any]:
+        """The current epoch: ``epoch``, ``timestamp_ms`` (witness), ``digest`` (hex),
+        ``published_now`` (whether this run published it); empty before :meth:`start`."""
+        return dict(self._published)
 
     @property
     def gateway_note(self) -> str | None:
@@ -438,8 +510,9 @@ class LocalDeployment:
     # ----------------------------------------------------------------- start
 
     def start(self, *, progress: Callable[[int, int], None] | None = None) -> None:
-        """Start the nodes, wait for a leader, start the witness stub, the gateway and
-        the control endpoint, and write the state file."""
+        """Start the nodes, wait for a leader, start the witness, publish the fleet's
+        keys if needed (see the module docstring), then start the gateway and the
+        control endpoint, and write the state file."""
         layout = self.layout
         self._stop_orphans()
         for node in self._nodes:
@@ -455,6 +528,8 @@ class LocalDeployment:
         self._wait_nodes_ready(progress)
         self.wait_for_leader(self.config.start_timeout_s)
         self._start_witness()
+        self._start_publisher()
+        self._next_publish_check = time.monotonic() + _REPUBLISH_CHECK_S
         self._start_gateway()
         self._start_control()
         self._write_state()
@@ -463,6 +538,7 @@ class LocalDeployment:
         del layout
 
     def _stop_orphans(self) -> None:
+        self._stop_orphan_witness()
         for node in self._nodes:
             try:
                 doc = json.loads((node.layout.host_dir / _READY_FILE).read_text(encoding="utf-8"))
@@ -532,10 +608,136 @@ class LocalDeployment:
             results = list(pool.map(one, range(len(self._nodes))))
         return dict(enumerate(results))
 
+    def _stop_orphan_witness(self) -> None:
+        pid_file = self.data.run_dir / _WITNESS_PID_FILE
+        try:
+            pid = int(pid_file.read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            return
+        witness_dir = self.data.witness_dir
+        if _is_our_witness(pid, witness_dir):
+            self._report(f"stopping the witness left over from an earlier run (pid {pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + _GRACE_S
+            while _is_our_witness(pid, witness_dir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                if _is_our_witness(pid, witness_dir):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+
     def _start_witness(self) -> None:
-        sock = _bind_loopback(self.config.witness_port, "witness stub")
-        self._witness = WitnessStub(self.layout.public_keys, sock)
-        self._witness.start()
+        """The witness in its own process over ``<data dir>/witness`` (made on first
+        start, software keys)."""
+        witness_dir = self.data.witness_dir
+        if not (witness_dir / "witness.json").exists():
+            if witness_dir.exists() and any(witness_dir.iterdir()):
+                raise DeploymentError(
+                    f"{witness_dir} holds a half-made witness (its set-up was interrupted):"
+                    " remove that directory and run `hsmvault up` again"
+                )
+            self._report(f"creating the witness ({WITNESS_NAME}) in {witness_dir}")
+            init_data_dir(
+                witness_dir, name=WITNESS_NAME, backend="software", now_ms=int(time.time() * 1000)
+            )
+        port = self.config.witness_port
+        if port != 0 and not _port_free(port):
+            raise DeploymentError(
+                f"witness: port {port} on {LOOPBACK} is in use (another `hsmvault up`, or"
+                " another program?). Choose another witness port in hsmvault.toml /"
+                " HSMVAULT_WITNESS_PORT (docs/operations.md)"
+            )
+        try:
+            self._witness = WitnessProcess(witness_dir, port=port)
+        except Unavailable as exc:
+            raise DeploymentError(
+                f"the witness did not start ({exc}); its messages are on up's stderr"
+            ) from None
+        _write_private_text(self.data.run_dir / _WITNESS_PID_FILE, f"{self._witness.pid}\n")
+        self._witness_client = WitnessClient(self._witness.url)
+
+    def _start_publisher(self) -> None:
+        """Open the operator key, register the namespace, publish if needed."""
+        assert self._witness_client is not None
+        try:
+            self._operator = open_operator_key(self.data.root, self.config.operator_custody)
+        except VaultError as exc:
+            raise DeploymentError(f"operator key: {exc}") from None
+        self._publisher = Publisher(self._witness_client, NAMESPACE, self._operator.signer)
+        try:
+            self._publisher.ensure_namespace(read_admin_token(self.data.witness_dir), 1)
+        except VaultError as exc:
+            raise DeploymentError(f"registering {NAMESPACE!r} at the witness: {exc}") from None
+        self.publish_if_needed()
+        if not self._published:
+            raise DeploymentError("no validation bundle could be published")
+
+    def _published_fleet(self) -> PublishedFleet:
+        assert self._client is not None
+        regions = sorted({_artifact_region(n.region) for n in self.layout.nodes} - {""})
+        evidence = self.layout.evidence_dir
+        return PublishedFleet(
+            self.layout.public_keys,
+            clients=(self._client,),
+            regions=tuple(regions),
+            # The ceremony's evidence (ADR 0012): its digest goes into the artifact, so the
+            # witness log ties these keys to the published deployment evidence.
+            evidence_digest=evidence_digest(evidence) if evidence.is_dir() else None,
+        )
+
+    def publish_if_needed(self) -> PublishResult | None:
+        """Publish a new epoch when the fleet serves none, an older one, or the last
+        epoch is older than :data:`REPUBLISH_AFTER_S` (the result), else record the
+        current epoch (``None``). Raises DeploymentError if publishing fails."""
+        publisher = self._publisher
+        assert publisher is not None
+        assert self._client is not None
+        with self._publish_lock:
+            try:
+                reason = publisher.needs_republish(REPUBLISH_AFTER_S, installed_in=[self._client])
+            except VaultError as exc:
+                raise DeploymentError(f"checking the published bundle: {exc}") from None
+            if reason is None:
+                entry = publisher.last_entry()
+                assert entry is not None
+                self._published = {
+                    "epoch": entry.epoch,
+                    "timestamp_ms": entry.timestamp,
+                    "digest": entry.digest.hex(),
+                    "published_now": False,
+                }
+                return None
+            self._report(f"publishing the fleet's keys: {reason}")
+            return self._publish_locked()
+
+    def publish_now(self) -> PublishResult:
+        """Publish a new epoch now (``hsmvault fleet publish-keys``)."""
+        if self._publisher is None:
+            raise DeploymentError("the deployment is not started")
+        with self._publish_lock:
+            return self._publish_locked()
+
+    def _publish_locked(self) -> PublishResult:
+        publisher = self._publisher
+        assert publisher is not None
+        try:
+            result = publisher.publish([self._published_fleet()])
+            result.raise_for_installs()
+        except VaultError as exc:
+            raise DeploymentError(f"publishing the fleet's keys failed: {exc}") from None
+        self._published = {
+            "epoch": result.epoch,
+            "timestamp_ms": result.entry.timestamp,
+            "digest": result.entry.digest.hex(),
+            "published_now": True,
+        }
+        self._report(
+            f"published epoch {result.epoch} of {NAMESPACE!r} (witnessed, counter-signed,"
+            " installed in the fleet)"
+        )
+        return result
 
     def _start_gateway(self) -> None:
         try:
@@ -567,7 +769,7 @@ class LocalDeployment:
             "gateway_url": self.gateway_url,
             "gateway_note": self._gateway_note,
             "witness_url": self.witness_url,
-            "witness_stub": True,
+            "namespace": NAMESPACE,
         }
         _write_private_json(self.data.state_file, doc)
 
@@ -621,6 +823,21 @@ class LocalDeployment:
             if op == "shutdown":
                 self.request_shutdown()
                 return {"ok": True}
+            if op == "publish":
+                result = self.publish_now()
+                return {
+                    "ok": True,
+                    "published": {
+                        "namespace": result.namespace,
+                        "epoch": result.epoch,
+                        "timestamp_ms": result.entry.timestamp,
+                        "digest": result.entry.digest.hex(),
+                        "installed": [
+                            {"fleet_id": r.fleet_id.hex() if r.fleet_id else None, "epoch": r.epoch}
+                            for r in result.installs
+                        ],
+                    },
+                }
         except (DeploymentError, KeyError, ValueError, TypeError) as exc:
             return {"ok": False, "error": str(exc) or type(exc).__name__}
         return {"ok": False, "error": f"unknown operation {op!r}"}
@@ -669,6 +886,12 @@ class LocalDeployment:
             for node in self._nodes:
                 with node.lock:
                     self._supervise(node)
+            if time.monotonic() >= self._next_publish_check:
+                self._next_publish_check = time.monotonic() + _REPUBLISH_CHECK_S
+                try:
+                    self.publish_if_needed()
+                except DeploymentError as exc:
+                    self._report(f"re-publishing the fleet's keys failed (will retry): {exc}")
 
     def _supervise(self, node: _Node) -> None:
         now = time.monotonic()
@@ -729,10 +952,19 @@ class LocalDeployment:
             running=True,
             gateway_url=self.gateway_url,
             gateway_note=self._gateway_note,
-            witness_url=self.witness_url,
+            witness=self._witness_status(),
             pid=os.getpid(),
             started_at=self._started_at,
         )
+
+    def _witness_status(self) -> dict[str, Any]:
+        doc = _offline_witness_status(self.data)
+        doc["url"] = self.witness_url
+        doc.update({k: self._published.get(k) for k in ("epoch", "timestamp_ms", "digest")})
+        if self._operator is not None:
+            doc["operator_public_key"] = self._operator.public_key.hex()
+            doc["operator_custody"] = self._operator.custody
+        return doc
 
     # ----------------------------------------------------------------- stop
 
@@ -761,9 +993,19 @@ class LocalDeployment:
             self._report("stopping the gateway")
             self._gateway.stop()
             self._gateway = None
+        if self._witness_client is not None:
+            self._witness_client.close()
+            self._witness_client = None
         if self._witness is not None:
-            self._witness.stop()
+            self._report("stopping the witness")
+            self._witness.close()
             self._witness = None
+            with contextlib.suppress(FileNotFoundError):
+                (self.data.run_dir / _WITNESS_PID_FILE).unlink()
+        if self._operator is not None:
+            with contextlib.suppress(VaultError):
+                self._operator.close()
+            self._operator = None
         running = [n for n in self._nodes if n.pid() is not None]
         if running:
             self._report(f"stopping {len(running)} nodes")
@@ -807,7 +1049,7 @@ def _status_document(
     running: bool,
     gateway_url: str | None,
     gateway_note: str | None,
-    witness_url: str | None,
+    witness: dict[str, Any],
     pid: int | None,
     started_at: float | None,
 ) -> dict[str, Any]:
@@ -868,8 +1110,27 @@ def _status_document(
         "commit_index": leader["commit_index"] if leader else None,
         "records": leader["records"] if leader else None,
         "gateway": {"url": gateway_url, "healthy": gateway_ok, "note": gateway_note},
-        "witness": {"url": witness_url, "stub": True, "note": STUB_NOTE},
+        "witness": witness,
         "nodes": nodes,
+    }
+
+
+def _offline_witness_status(data: DataLayout) -> dict[str, Any]:
+    """What the data directory says about the witness and the operator key."""
+    try:
+        operator = read_operator_public_key(data.root)
+    except DecodeError:
+        operator = None
+    return {
+        "url": None,
+        "name": WITNESS_NAME,
+        "namespace": NAMESPACE,
+        "data_dir": str(data.witness_dir),
+        "epoch": None,
+        "timestamp_ms": None,
+        "digest": None,
+        "operator_public_key": operator[0].hex() if operator else None,
+        "operator_custody": operator[1] if operator else None,
     }
 
 
@@ -936,7 +1197,7 @@ def collect_status(data: DataLayout) -> dict[str, Any]:
         running=False,
         gateway_url=None,
         gateway_note=None,
-        witness_url=None,
+        witness=_offline_witness_status(data),
         pid=None,
         started_at=None,
     )

@@ -1,12 +1,18 @@
 """The ``hsmvault`` command.
 
 Run a complete deployment on this machine (``up``, ``down``, ``status``, ``node``,
-``token``, ``config``), use it as a device would (``backup``, ``secret``), or watch it
-work (``demo``). Every command has ``--help``; commands whose output is data take
+``token``, ``config``), publish and audit its fleet keys (``fleet``, ``audit``,
+``witness``), use it as a device would (``backup``, ``secret``), or watch it work
+(``demo``). Every command has ``--help``; commands whose output is data take
 ``--json`` (:mod:`hsmvault.cli.output` for the contract and exit statuses).
 
 Configuration: :mod:`hsmvault.cli.config` (TOML file + ``HSMVAULT_*``), documented in
 ``docs/operations.md``.
+
+Extending a command group (``fleet``, ``audit``): add a sub-parser to its sub-parser set
+with ``set_defaults(handler=<callable(Context) -> int>)``; :func:`main` runs the
+``handler`` of the command line when there is one (see the ``EXTENSIONS`` lines in
+:func:`build_parser`).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any, Final
 from rich.table import Table
 
 from hsmvault import __version__
+from hsmvault.cli import evidence_commands
 from hsmvault.cli.config import ConfigError, DeploymentConfig, load_config, render_toml
-from hsmvault.cli.output import EXIT_OK, EXIT_USAGE, Output
+from hsmvault.cli.output import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Output
 from hsmvault.errors import VaultError
 
 __all__ = ["Context", "build_parser", "main"]
@@ -108,8 +115,38 @@ def _secret_kind(p: argparse.ArgumentParser, *, key: bool, code: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one table of commands
-    """The whole command line (exposed for tests and docs)."""
+def _audit_options() -> argparse.ArgumentParser:
+    """Options of ``audit`` / ``audit log`` (SUPPRESS: either level may carry them)."""
+    p = argparse.ArgumentParser(add_help=False)
+    s = argparse.SUPPRESS
+    p.add_argument("--witness", default=s, help="witness URL (default: the running deployment's)")
+    p.add_argument("--namespace", default=s, help="namespace (default: hsmvault/local)")
+    p.add_argument(
+        "--operator-key",
+        default=s,
+        help="operator Ed25519 public key, hex (default: pinned, else the namespace's)",
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=s,
+        metavar="HEX[@MS]",
+        help="pin a witness signing key (repeatable; @MS = its not_before in ms)",
+    )
+    p.add_argument("--log-key", default=s, help="pin the witness's log key (note verifier key)")
+    p.add_argument(
+        "--device-dir",
+        type=Path,
+        default=s,
+        help="where the pins and the last checkpoint seen are kept (default <data dir>/device)",
+    )
+    return p
+
+
+def build_parser(*, with_witness: bool = True) -> argparse.ArgumentParser:  # noqa: PLR0915
+    """The whole command line (exposed for tests and docs). ``with_witness=False``
+    leaves the ``witness`` actions out (importing the witness costs a second; :func:`main`
+    adds them only when the command line names ``witness``)."""
     parser = argparse.ArgumentParser(
         prog="hsmvault",
         description="HSM-backed backup key vault for end-to-end encrypted backups.",
@@ -130,9 +167,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one table of c
     up = add(
         "up",
         "run a complete local deployment (Ctrl-C stops it)",
-        "Start 5 HSM nodes in 3 regions, the witness (a stub for now) and the gateway on"
+        "Start 5 HSM nodes in 3 regions, the witness (its own process) and the gateway on"
         " loopback, from the data directory. The first run forms the fleet; later runs"
-        " restart it without losing data. Ctrl-C stops everything cleanly. With --json,"
+        " restart it without losing data. Before the gateway serves, the fleet's keys are"
+        " published (witnessed, counter-signed by the operator key, installed in the"
+        " fleet) when no bundle is installed or the last is older than half the clients'"
+        " freshness window. Ctrl-C stops everything cleanly. With --json,"
         " stdout carries one JSON object per line: log events, then"
         ' {"event": "ready", ...} once serving, and {"event": "stopped"} at the end.',
         [data],
@@ -279,6 +319,68 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one table of c
         parents=[data, client],
     )
 
+    fleet = add(
+        "fleet",
+        "publish the fleet's keys (validation bundles)",
+        "Operator commands on the fleets of the running deployment.",
+        [plain],
+    )
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    publish = fleet_sub.add_parser(
+        "publish-keys",
+        help="publish a new epoch of the fleet directory now",
+        description="Ask the running `hsmvault up` to publish its fleet's keys as a new epoch:"
+        " the witness signs and logs it, the operator key counter-signs it, the bundle is"
+        " verified and installed in the fleet.",
+        parents=[data],
+    )
+    publish.set_defaults(handler=_cmd_fleet_publish_keys)
+
+    audit_opts = _audit_options()
+    audit = add(
+        "audit",
+        "audit the witness log and the deployment evidence (default: both)",
+        "Audit what the witness logged for a namespace (`audit log`) and a fleet's"
+        " deployment evidence (`audit evidence`). Without an action: `audit log`, then"
+        " `audit evidence` of the configured deployment's fleet.",
+        [data, audit_opts],
+    )
+    audit.set_defaults(  # bare `hsmvault audit`: the witness log, then the deployment evidence
+        handler=lambda ctx: evidence_commands.audit_log_and_evidence(ctx, _cmd_audit_log)
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
+    log = audit_sub.add_parser(
+        "log",
+        help="verify every epoch and show how the fleet keys changed",
+        description="Fetch every epoch of the namespace from the witness; verify each witness"
+        " signature (pinned keys), operator counter-signature, the artifact digests and"
+        " their previous_digest chain, each entry's inclusion in the latest checkpoint, and"
+        " that checkpoint's consistency with the one this device saw last time; print how"
+        " the fleet keys changed from epoch to epoch (the first epoch is the baseline)."
+        " Exits non-zero with the reason on any failure.",
+        parents=[data, audit_opts],
+    )
+    log.set_defaults(handler=_cmd_audit_log)
+    # EXTENSIONS: one line per group; each sub-parser sets
+    # ``handler=<callable(Context) -> int>`` (issue 6: fleet deploy/publish, audit evidence).
+    evidence_commands.register_fleet_commands(fleet_sub, [data])
+    evidence_commands.register_audit_commands(audit_sub, [data])
+
+    witness = add(
+        "witness",
+        "run or administer a witness (its own data directory)",
+        "The witness commands (python -m hsmvault.transparency.witness): init, serve,"
+        " register-namespace, add-key, info, repair. Each takes --data-dir, the witness's"
+        " own directory (a local deployment's is <data dir>/witness). Prints JSON.",
+        [],
+    )
+    if with_witness:
+        from hsmvault.transparency.witness import cli as witness_commands  # noqa: PLC0415
+
+        witness_commands.add_commands(
+            witness.add_subparsers(dest="witness_command", metavar="ACTION", required=True)
+        )
+
     demo = add(
         "demo",
         "a guided end-to-end walk (back up, restore, lockout, two nodes down)",
@@ -421,7 +523,15 @@ def render_status(status: dict[str, Any], out: Output) -> None:
         out.say(f"gateway: [yellow]{gateway['note']}[/yellow]")
     witness = status.get("witness") or {}
     if witness.get("url"):
-        out.say(f"witness {witness['url']} [yellow](STUB)[/yellow]")
+        out.say(
+            f"witness {witness['url']} ({witness.get('name')})  namespace"
+            f" {witness.get('namespace')!r}  epoch {witness.get('epoch')}"
+        )
+    if witness.get("operator_public_key"):
+        out.say(
+            f"operator key {witness['operator_public_key'][:16]}…"
+            f" ({witness.get('operator_custody')} custody)"
+        )
 
 
 def _cmd_node(ctx: Context) -> int:
@@ -480,6 +590,37 @@ def _cmd_config(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_fleet_publish_keys(ctx: Context) -> int:
+    from hsmvault.cli.local_deployment import DataLayout, control_request  # noqa: PLC0415
+
+    answer = control_request(DataLayout(ctx.config.data_dir), "publish", timeout=120)
+    published = answer["published"]
+    if ctx.out.json_mode:
+        ctx.out.data(published)
+    else:
+        ctx.out.say(
+            f"published epoch {published['epoch']} of {published['namespace']!r}: witnessed,"
+            f" counter-signed, installed in {len(published['installed'])} fleet(s)"
+        )
+    return EXIT_OK
+
+
+def _cmd_audit_log(ctx: Context) -> int:
+    from hsmvault.cli.audit_commands import run_log_audit  # noqa: PLC0415
+
+    return run_log_audit(ctx)
+
+
+def _run_witness(args: argparse.Namespace) -> int:
+    """``hsmvault witness ...``: the witness's own command line (JSON output)."""
+    try:
+        status: int = args.func(args)
+    except VaultError as exc:
+        sys.stderr.write(f"witness: {type(exc).__name__}: {exc}\n")
+        return EXIT_ERROR
+    return status
+
+
 def _cmd_client(ctx: Context) -> int:
     from hsmvault.cli import client_commands  # noqa: PLC0415 - needs the SDK
 
@@ -515,13 +656,16 @@ _COMMANDS: Final[dict[str, Handler]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(with_witness="witness" in words)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_OK
     if args.command == "demo" and not 1 <= args.size_mib <= 4096:
         parser.error("--size-mib must be between 1 and 4096")
+    if args.command == "witness":
+        return _run_witness(args)
     out = Output(json_mode=bool(getattr(args, "json", False)))
     try:
         config = _load(args)
@@ -529,8 +673,9 @@ def main(argv: list[str] | None = None) -> int:
         out.error(exc, hint="see docs/operations.md, 'Configuration'")
         return EXIT_USAGE
     ctx = Context(config, out, args)
+    handler: Handler = getattr(args, "handler", None) or _COMMANDS[args.command]
     try:
-        return _COMMANDS[args.command](ctx)
+        return handler(ctx)
     except KeyboardInterrupt:
         out.err.print("interrupted")
         return 130

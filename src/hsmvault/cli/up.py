@@ -17,7 +17,7 @@ __all__ = ["print_ready", "run_up"]
 
 
 def print_ready(deployment: LocalDeployment, status: dict[str, Any], out: Output) -> None:
-    """The readable start-up summary: fleet, nodes, endpoints, what is a stub."""
+    """The readable start-up summary: fleet, nodes, endpoints, the published epoch."""
     layout = deployment.layout
     regions = sorted({n.region for n in layout.nodes})
     formed = "formed now" if deployment.formed_now else "restarted from the data directory"
@@ -36,11 +36,22 @@ def print_ready(deployment: LocalDeployment, status: dict[str, Any], out: Output
         )
     if deployment.gateway_url:
         out.say(f"  gateway    {deployment.gateway_url}   (API v1, OpenAPI at /openapi.json)")
+        port = deployment.gateway_url.rsplit(":", 1)[-1]
+        out.say(f"  passkeys   http://localhost:{port}/passkeys   (test sign-in: any name)")
     else:
         out.say(f"  gateway    [yellow]not running: {deployment.gateway_note}[/yellow]")
+    witness = status.get("witness") or {}
+    published = deployment.published
+    fresh = "published now" if published.get("published_now") else "already published"
     out.say(
-        f"  witness    {deployment.witness_url}   [yellow]STUB[/yellow]: serves the keys"
-        " pinned in fleet.json, signs nothing"
+        f"  witness    {deployment.witness_url}   {witness.get('name')} (its own process,"
+        f" data in {deployment.data.witness_dir})"
+    )
+    out.say(
+        f"  keys       namespace {witness.get('namespace')!r}, epoch {published.get('epoch')}"
+        f" ({fresh}; witnessed, counter-signed by the operator key"
+        f" {str(witness.get('operator_public_key'))[:16]}…, {witness.get('operator_custody')}"
+        " custody)"
     )
     out.say(
         f"  tokens     [yellow]DEVELOPMENT ONLY[/yellow] issuer key in"

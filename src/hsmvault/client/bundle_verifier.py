@@ -33,6 +33,9 @@ not parse), then runs the checks **in this order**, each failure its own class o
 
 Only when all pass is the trust store updated: the highest epoch (``max`` of stored and
 new) and, when step 8 ran, the new checkpoint. Any failure leaves the store untouched.
+The verifier also keeps, in memory, the artifact of the last bundle that passed
+(:attr:`BundleVerifier.last_artifact`): the fleet directory the SDK consults to move a
+user off a retiring fleet (ADR 0013).
 Without a ``log_key``, step 8 is skipped entirely (inclusion evidence is ignored).
 
 The verifier holds a lock for a whole verification (including the fetcher call), so
@@ -186,10 +189,18 @@ class BundleVerifier:
         self._fetch = consistency_fetcher
         self._witness_keys = {k.key_id: k for k in policy.witness_keys}
         self._lock = threading.Lock()
+        self._last_artifact: FleetKeyArtifact | None = None
 
     @property
     def policy(self) -> TrustPolicy:
         return self._policy
+
+    @property
+    def last_artifact(self) -> FleetKeyArtifact | None:
+        """The artifact of the last bundle that passed every check (in this process;
+        ``None`` before the first): the fleet directory as last verified."""
+        with self._lock:
+            return self._last_artifact
 
     def verify(
         self, bundle_bytes: bytes, *, fleet_id: bytes, request: bytes, fleet_signature: bytes
@@ -274,6 +285,9 @@ class BundleVerifier:
                 policy.namespace,
                 NamespaceTrust(highest, checkpoint if checkpoint is not None else old_checkpoint),
             )
+            last = self._last_artifact
+            if last is None or artifact.epoch >= last.epoch:
+                self._last_artifact = artifact
             return artifact, keys
 
     def _check_log(
@@ -367,6 +381,12 @@ class BundleFleetTrust:
     @property
     def verifier(self) -> BundleVerifier:
         return self._verifier
+
+    @property
+    def last_artifact(self) -> FleetKeyArtifact | None:
+        """The fleet directory of the last bundle this trust verified (see
+        :attr:`BundleVerifier.last_artifact`)."""
+        return self._verifier.last_artifact
 
     def session_keys(
         self, fleet_id: bytes, request: bytes, bundle: bytes, fleet_signature: bytes

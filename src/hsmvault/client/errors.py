@@ -14,6 +14,7 @@ from hsmvault import errors as _errors
 __all__ = [
     "AlreadyEnrolled",
     "ArchiveError",
+    "FleetDecommissioned",
     "GatewayError",
     "InvalidLogin",
     "KsfParametersRefused",
@@ -60,6 +61,12 @@ class RateLimited(Unavailable):
 
 class AlreadyEnrolled(_errors.VaultError):
     """Enrolment without ``replace=True`` for a user id that already has a record."""
+
+
+class FleetDecommissioned(_errors.VaultError):
+    """The fleet that answered was decommissioned (ADR 0013): the records it held are
+    erased. A user who was not moved to an active fleet before that must enrol again
+    (with the backup key from the device or the 64-digit key)."""
 
 
 class KsfParametersRefused(_errors.VerificationError):

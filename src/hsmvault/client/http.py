@@ -276,6 +276,11 @@ class GatewayHttp:
         raise_for_status(response)
         return response
 
+    def call_json(self, method: str, path: str, body: object = None) -> httpx.Response:
+        """One authenticated JSON request to ``/v1/<path>`` for feature modules (passkeys):
+        the same token, transport-error and status mapping as every route here."""
+        return self._request(method, path, json_body=body)
+
     # ------------------------------------------------------------ routes
 
     def health(self) -> bool:
@@ -288,11 +293,15 @@ class GatewayHttp:
         says*: see :meth:`hsmvault.client.sdk.VaultClient.fleet_keys` on pinning)."""
         return FleetPublicKeys.from_dict(_json(self._request("GET", "fleet")))
 
-    def vault(self, request: bytes) -> bytes:
-        """``POST /v1/vault``: relay one wire request, return the wire response."""
-        response = self._request(
-            "POST", "vault", content=request, headers={"Content-Type": _OCTETS}
-        )
+    def vault(self, request: bytes, *, fleet_id: bytes | None = None) -> bytes:
+        """``POST /v1/vault``: relay one wire request, return the wire response. With
+        ``fleet_id``, header ``Hsmvault-Fleet`` asks for that configured fleet (ADR 0013)."""
+        headers = {"Content-Type": _OCTETS}
+        if fleet_id is not None:
+            if not isinstance(fleet_id, bytes) or len(fleet_id) != 32:
+                raise InvalidParameter("fleet_id must be 32 bytes")
+            headers["Hsmvault-Fleet"] = fleet_id.hex()
+        response = self._request("POST", "vault", content=request, headers=headers)
         return response.content
 
     def list_backups(self) -> list[BackupInfo]:

@@ -36,6 +36,30 @@ app; wrapped in :class:`~hsmvault.client.fleet_trust.PinnedFleetTrust`). Only wi
 first use; the CLI uses it against a loopback gateway). A gateway that lies there can
 stand in for the fleet and attack the PIN offline.
 
+**Fleet rotation (ADR 0013).** With bundle trust
+(:class:`~hsmvault.client.bundle_verifier.BundleFleetTrust`), a successful
+:meth:`VaultClient.recover` whose session's fleet is ``retiring`` in the verified fleet
+directory, while an ``active`` fleet exists, also moves the user there — silently, the
+same backup key comes back either way:
+
+1. read the record's guess limit from the old fleet (after the successful login its
+   counter is 0, so ``AttemptsRemaining`` is the limit; a lagging node can only report
+   fewer);
+2. enrol the same secret and the same backup key at the active fleet (the first active
+   fleet of the directory valid now, addressed with the ``Hsmvault-Fleet`` header;
+   ``replace=True``, so a half-done earlier move is simply redone; a registration
+   answered by any other fleet is refused before anything is stored), which makes the
+   gateway assign the user to it;
+3. only then delete the escrow at the old fleet, in the recovery's own authenticated
+   session.
+
+Any failure of the move is logged (by type) and swallowed — it never fails the recovery
+and is tried again at the next one; until then the user stays on the old fleet, which
+keeps working until its ``not_after``. If step 3 fails after step 2 succeeded, the user is
+already served by the new fleet and the leftover old record is erased when the old fleet
+is decommissioned. Pinned trust (``fleet_keys=``) never moves anyone (it has no
+directory). ``migrate_retiring=False`` turns the move off.
+
 Vault operations never retry on their own (a repeated login costs a guess); backup
 transfers and idempotent reads retry per :class:`RetryPolicy`.
 """
@@ -56,6 +80,7 @@ import httpx
 
 from hsmvault.client import vault_protocol
 from hsmvault.client.archive import ArchiveInfo, ExtractInfo, extract_archive, write_archive
+from hsmvault.client.bundle_verifier import BundleFleetTrust
 from hsmvault.client.errors import (
     GatewayError,
     NotFound,
@@ -81,11 +106,22 @@ from hsmvault.client.recovery_codes import (
     VaultSecret,
     login_secret_from_text,
 )
-from hsmvault.client.vault_protocol import DEFAULT_PROTOCOL_CONFIG, VaultProtocolConfig
+from hsmvault.client.vault_protocol import (
+    DEFAULT_PROTOCOL_CONFIG,
+    Recovery,
+    Transport,
+    VaultProtocolConfig,
+)
 from hsmvault.crypto.backup_stream import BackupDecryptor, BackupEncryptor, BackupKey
 from hsmvault.errors import InvalidParameter, VerificationError
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
-from hsmvault.wire.hsm_api import DEFAULT_GUESS_LIMIT, MAX_USER_ID_LEN
+from hsmvault.transparency.artifact import STATUS_ACTIVE, STATUS_RETIRING
+from hsmvault.wire.hsm_api import (
+    DEFAULT_GUESS_LIMIT,
+    MAX_GUESS_LIMIT,
+    MAX_USER_ID_LEN,
+    MIN_GUESS_LIMIT,
+)
 
 __all__ = [
     "DEFAULT_UPLOAD_CHUNK",
@@ -237,7 +273,10 @@ class VaultClient:
     gateway refuses others); ``protocol`` — KSF policy and enrolment parameters;
     ``secret_policy`` — rules for PINs and passwords; ``upload_chunk`` — bytes per
     upload request (≤ 8 MiB); ``retry`` and ``sleep`` — transfer retries (``sleep`` is
-    injectable for tests); ``spool_dir`` — where the temporary ciphertext spool lives.
+    injectable for tests); ``spool_dir`` — where the temporary ciphertext spool lives;
+    ``migrate_retiring`` — move a user off a retiring fleet at recovery (module
+    docstring, "Fleet rotation"; default on); ``clock`` — seconds since the Unix epoch,
+    for the fleet validity windows of that move.
     """
 
     def __init__(
@@ -257,6 +296,8 @@ class VaultClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], object] = time.sleep,
         spool_dir: str | os.PathLike[str] | None = None,
+        migrate_retiring: bool = True,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not 1 <= upload_chunk <= MAX_CHUNK_BYTES:
             raise InvalidParameter(f"upload_chunk must be in 1..{MAX_CHUNK_BYTES}")
@@ -281,6 +322,8 @@ class VaultClient:
         self._retry = retry if retry is not None else RetryPolicy()
         self._sleep = sleep
         self._spool_dir = spool_dir
+        self._migrate_retiring = migrate_retiring
+        self._clock = clock
 
     def close(self) -> None:
         """Close the HTTP client if the SDK made it."""
@@ -343,6 +386,10 @@ class VaultClient:
 
     def _send(self, request: bytes) -> bytes:
         return self._http.vault(request)
+
+    def _send_to(self, fleet_id: bytes) -> Transport:
+        """A transport to the configured fleet ``fleet_id`` (header ``Hsmvault-Fleet``)."""
+        return lambda request: self._http.vault(request, fleet_id=fleet_id)
 
     # ------------------------------------------------------------ fleet keys
 
@@ -559,14 +606,70 @@ class VaultClient:
         :func:`~hsmvault.client.recovery_codes.login_secret_from_text` (a mistyped
         recovery code is refused locally, before a guess is spent). Raises
         :class:`~hsmvault.client.errors.InvalidLogin` (``attempts_remaining``),
-        :class:`~hsmvault.errors.LockedOut`, :class:`Unavailable`."""
-        return vault_protocol.recover(
-            self._send,
-            self.user_id(),
-            self._as_secret(secret),
-            self.fleet_trust(),
-            config=self._protocol,
+        :class:`~hsmvault.errors.LockedOut`, :class:`Unavailable`,
+        :class:`~hsmvault.client.errors.FleetDecommissioned`.
+
+        If the answering fleet is retiring, the user is then moved to the active fleet
+        (module docstring, "Fleet rotation"); that never changes the result or raises."""
+        user_id = self.user_id()
+        vault_secret = self._as_secret(secret)
+        trust = self.fleet_trust()
+        recovery = vault_protocol.recover_session(
+            self._send, user_id, vault_secret, trust, config=self._protocol
         )
+        if self._migrate_retiring:
+            self._move_off_retiring(user_id, vault_secret, recovery, trust)
+        return recovery.backup_key
+
+    # ------------------------------------------------------------ fleet rotation (ADR 0013)
+
+    def _migration_target(self, trust: FleetTrust, fleet_id: bytes) -> bytes | None:
+        """The active fleet to move to when ``fleet_id`` is retiring in the verified
+        directory, else ``None``."""
+        if not isinstance(trust, BundleFleetTrust):
+            return None
+        artifact = trust.last_artifact
+        if artifact is None:
+            return None
+        entry = artifact.entry_for(fleet_id)
+        if entry is None or entry.status != STATUS_RETIRING:
+            return None
+        now = self._clock()
+        for candidate in artifact.fleets:  # ascending fleet id: every client picks alike
+            if candidate.status == STATUS_ACTIVE and candidate.valid_at(now):
+                return candidate.fleet_id
+        return None
+
+    def _move_off_retiring(
+        self, user_id: bytes, secret: VaultSecret, recovery: Recovery, trust: FleetTrust
+    ) -> None:
+        """Steps 1-3 of "Fleet rotation" (module docstring). Never raises."""
+        try:
+            target = self._migration_target(trust, recovery.fleet_id)
+            if target is None:
+                return
+            old = self._send_to(recovery.fleet_id)
+            limit = vault_protocol.attempts_remaining(old, user_id)  # 1.
+            limit = min(max(limit, MIN_GUESS_LIMIT), MAX_GUESS_LIMIT)
+            vault_protocol.enroll(  # 2.
+                self._send_to(target),
+                user_id,
+                secret,
+                recovery.backup_key,
+                trust,
+                guess_limit=limit,
+                replace=True,
+                expect_fleet=target,
+                config=self._protocol,
+            )
+            vault_protocol.delete_recovered(self._send, recovery)  # 3.
+        except Exception as exc:  # never fail a recovery that succeeded (retry next time)
+            _log.warning(
+                "moving the escrow off a retiring fleet failed (%s); retrying at the next recovery",
+                type(exc).__name__,
+            )
+        else:
+            _log.info("moved the escrow from a retiring fleet to an active one")
 
     def change_secret(
         self, old: VaultSecret | str, new: Pin | Password | RecoveryCode

@@ -39,6 +39,12 @@ erased at once and the session slot freed — and raises :class:`InvalidLogin` w
 attempts left (:class:`LockedOut` if none are). 4. ``LoginFinish`` with KE3; the node
 seals the wrapped key to the session key. 5. Open the box, unwrap BK.
 
+:func:`recover_session` — :func:`recover`, keeping the authenticated session open for
+one follow-up: :func:`delete_recovered` deletes the record the login proved (how the SDK
+removes a user's escrow from a retiring fleet once it has re-enrolled them at an active
+one; ADR 0013). :func:`enroll` with ``expect_fleet`` refuses
+(:class:`FleetKeyMismatch`, before ``Register``) to register at any other fleet.
+
 :func:`change_secret` / :func:`delete_escrow` — a login as above, then a
 ``ChangeSecret`` (a fresh registration for the new secret, sealed as in :func:`enroll`)
 or ``Delete``, each carrying an HMAC under the session key: the session id alone crossed
@@ -47,8 +53,9 @@ login was (its upload is opened by the login's node).
 
 Errors: outcomes map to :class:`~hsmvault.client.errors.InvalidLogin`,
 :class:`~hsmvault.errors.LockedOut`, :class:`~hsmvault.client.errors.Unavailable`
-(also for a lost session: start again), :class:`~hsmvault.client.errors.AlreadyEnrolled`
-and :class:`~hsmvault.client.errors.RequestRefused`; a response that does not parse or
+(also for a lost session: start again), :class:`~hsmvault.client.errors.AlreadyEnrolled`,
+:class:`~hsmvault.client.errors.FleetDecommissioned` and
+:class:`~hsmvault.client.errors.RequestRefused`; a response that does not parse or
 is of the wrong type raises :class:`~hsmvault.errors.DecodeError`. Nothing retries:
 a repeated ``LoginStart`` costs a guess, so retrying is the caller's decision.
 """
@@ -56,6 +63,7 @@ a repeated ``LoginStart`` costs a guess, so retrying is the caller's decision.
 from __future__ import annotations
 
 import contextlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NoReturn, TypeVar
@@ -63,6 +71,7 @@ from typing import Final, NoReturn, TypeVar
 from hsmvault import errors as _errors
 from hsmvault.client.errors import (
     AlreadyEnrolled,
+    FleetDecommissioned,
     InvalidLogin,
     KsfParametersRefused,
     RequestRefused,
@@ -139,13 +148,16 @@ __all__ = [
     "DEFAULT_KSF_FLOOR",
     "DEFAULT_PROTOCOL_CONFIG",
     "KsfPolicy",
+    "Recovery",
     "Transport",
     "VaultProtocolConfig",
     "attempts_remaining",
     "change_secret",
     "delete_escrow",
+    "delete_recovered",
     "enroll",
     "recover",
+    "recover_session",
     "trust_for",
     "verify_start",
 ]
@@ -271,6 +283,8 @@ def _refuse(outcome: Outcome, *, attempts_left: int | None = None) -> NoReturn:
             raise AlreadyEnrolled("this user id already has an escrowed key")
         case Outcome.BAD_REQUEST:
             raise RequestRefused("the fleet refused the request as malformed")
+        case Outcome.DECOMMISSIONED:
+            raise FleetDecommissioned("the fleet was decommissioned: its records are erased")
     raise DecodeError("unexpected outcome")  # pragma: no cover - OK is never refused
 
 
@@ -464,10 +478,13 @@ def enroll(
     guess_limit: int = DEFAULT_GUESS_LIMIT,
     ksf: KsfParams | None = None,
     replace: bool = False,
+    expect_fleet: bytes | None = None,
     config: VaultProtocolConfig = DEFAULT_PROTOCOL_CONFIG,
 ) -> None:
     """Escrow ``backup_key`` with the fleet under ``secret`` (see the module docstring);
-    ``trust`` decides which fleet keys the session may use.
+    ``trust`` decides which fleet keys the session may use. With ``expect_fleet`` (a
+    fleet id), a registration answered by any other fleet raises
+    :class:`FleetKeyMismatch` before anything is stored.
 
     ``ksf`` overrides ``config.enrolment_ksf`` (it must pass ``config.ksf_policy``).
     ``replace=True`` overwrites an existing record (or re-enrols a locked-out id; the
@@ -492,6 +509,8 @@ def enroll(
         ksf_params=ksf if ksf is not None else config.enrolment_ksf,
         config=config,
     )
+    if expect_fleet is not None and not hmac.compare_digest(registration.fleet_id, expect_fleet):
+        raise FleetKeyMismatch("the registration was answered by another fleet than expected")
     _call(  # 5.
         send,
         RegisterRequest(
@@ -521,6 +540,50 @@ def recover(
     answering fleet (the guess was counted; nothing more is sent)."""
     session = _login(send, user_id, _secret_bytes(secret), config, trust_for(trust))
     return _unwrap(session, user_id)
+
+
+@dataclass(eq=False, slots=True)
+class Recovery:
+    """A completed recovery whose authenticated session is still open (for
+    :func:`delete_recovered`): the ``backup_key``, the ``fleet_id`` of the fleet that
+    answered, and the guesses the record had left at the start of the login. Holds
+    session secrets: never printed, never pickled."""
+
+    backup_key: BackupKey = field(repr=False)
+    fleet_id: bytes
+    attempts_remaining: int
+    _session: _Session = field(repr=False)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Recovery holds session secrets and is not picklable")
+
+
+def recover_session(
+    send: Transport,
+    user_id: bytes,
+    secret: SecretInput,
+    trust: TrustInput,
+    *,
+    config: VaultProtocolConfig = DEFAULT_PROTOCOL_CONFIG,
+) -> Recovery:
+    """:func:`recover`, returning the :class:`Recovery` (key, answering fleet, open
+    session) instead of the key alone. Same errors."""
+    session = _login(send, user_id, _secret_bytes(secret), config, trust_for(trust))
+    backup_key = _unwrap(session, user_id)
+    return Recovery(backup_key, session.fleet_keys.fleet_id, session.attempts_remaining, session)
+
+
+def delete_recovered(send: Transport, recovery: Recovery) -> None:
+    """Delete, in every replica of the fleet that answered ``recovery``, the record that
+    login proved — using its authenticated session (single use; the node keeps it for a
+    few minutes after the login). Raises :class:`Unavailable` (also for an expired or
+    already used session), :class:`FleetDecommissioned`, :class:`InvalidLogin`."""
+    session = recovery._session
+    unsigned = DeleteRequest(session.session_id, bytes(AUTHENTICATOR_LEN))
+    tag = session_authenticator(
+        session.session_key, unsigned.authenticated_bytes(), label=LABEL_DELETE
+    )
+    _call(send, DeleteRequest(session.session_id, tag), DeleteResponse)
 
 
 def change_secret(

@@ -26,7 +26,8 @@ What is measured (:data:`MEASURED_SOURCES`, one place):
 * the few ``hsmvault/evidence`` modules a node runs itself during the deployment
   ceremony: this module (a software node reports its own measurement) and the
   software-vendor attestation statement with what it imports
-  (``attestation/__init__``, ``base``, ``_canonical``, ``_x509``, ``software_vendor``).
+  (``attestation/__init__``, ``base``, ``_canonical``, ``_x509``, ``software_vendor``),
+  and the ceremony's statement format (``ceremony_format``).
 
 Inside a package every ``*.py`` file is measured; ``__pycache__`` directories are
 skipped, and any other file (a data file, an editor's swap file, a symlink) is refused
@@ -90,6 +91,7 @@ MEASURED_SOURCES: tuple[str, ...] = (
     "hsmvault/evidence/attestation/_x509.py",
     "hsmvault/evidence/attestation/base.py",
     "hsmvault/evidence/attestation/software_vendor.py",
+    "hsmvault/evidence/ceremony_format.py",
 )
 #: Third-party distributions that run inside the HSM; their installed versions are
 #: part of the measurement.

@@ -25,10 +25,10 @@ ADR 0003). Sealing protects confidentiality and integrity; the host could put an
 sealed copy back, which is harmless while the keys never change. Key rotation will have
 to bind the fleet-key epoch into the associated data and keep the epoch in NVRAM.
 
-**Provenance (interim).** Today :func:`~hsmvault.fleet.formation.form_fleet` generates
-the keys in the formation process and hands each node process its plaintext copy once,
-over a pipe, to seal. The published ceremony (keys generated inside one HSM, shared only
-to attested members) is a later issue.
+**Provenance.** The keys are generated inside one attested node during the deployment
+ceremony (:mod:`hsmvault.hsm.ceremony`, ADR 0012) and reach the other members only
+HPKE-sealed to transport keys their attested identities certified; the formation
+process (host side) never sees them in the clear.
 
 Encoding of the secret keys, version 2 (fixed length, :data:`SECRET_KEYS_LEN` bytes)::
 

@@ -11,20 +11,28 @@
 Tests and auditors attack ``host/`` (copy it, put an old copy back) and leave ``nvram/``
 alone (ADR 0003). Everything in ``host/`` is either public or sealed by the node's custody.
 
-Provisioning, per node, in the node's own process (``python -m
-hsmvault.hsm.node_process --node-dir DIR --provision``, talking JSON lines on its
-stdin/stdout), so the node's keys are made where they live (a SoftHSM2 token is bound to
-the process that loads it):
+Provisioning is the **key ceremony** (ADR 0012; coordinator
+:mod:`hsmvault.evidence.ceremony`, node side :mod:`hsmvault.hsm.ceremony`), each node in
+its own process (``python -m hsmvault.hsm.node_process --node-dir DIR --provision``,
+JSON lines on its stdin/stdout), so the node's keys are made where they live (a SoftHSM2
+token is bound to the process that loads it):
 
-1. formation sends the fleet's secret keys (:mod:`~hsmvault.fleet.fleet_keys`, generated
-   here — an interim step until the attested ceremony; see that module);
-2. the node opens its custody (creating its identity key), seals the fleet keys, creates
-   its **fleet link key** (Ed25519, sealed host-side) and answers with its identity
-   public key, the link public key and a *link certificate*: its identity key's
+1. each node creates its custody (with ``custody="softhsm"`` first its SoftHSM2 token
+   inside its ``nvram/`` directory) and attests its identity key, its key properties and
+   its code measurement to a software vendor CA made for this deployment (EMULATED
+   hardware, labelled so everywhere);
+2. the member with the lowest identity node id verifies every attestation, generates the
+   fleet keys (:mod:`~hsmvault.fleet.fleet_keys`) and seals them to each member's
+   attested transport key — this process never sees them;
+3. each member verifies the generator, opens and seals its copy, creates its **fleet
+   link key** (Ed25519, sealed host-side) and certifies it: its identity key's
    signature (purpose :data:`LINK_CERT_PURPOSE`) over ``fleet id || link public key``;
-3. formation sends the membership (every member's fleet node id); the node pins it in
-   NVRAM (epoch 1) and exits. With ``custody="softhsm"`` the node first creates its
-   SoftHSM2 token inside its ``nvram/`` directory (PIN file there too).
+4. each node pins the membership (every member's fleet node id) in NVRAM (epoch 1),
+   states the credentials it destroyed, signs the transcript and exits.
+
+The evidence (transcript, attestations, measurement, manifest) is written to
+``base_dir/evidence/`` (:data:`EVIDENCE_DIR`); its digest
+(:func:`hsmvault.evidence.folder.evidence_digest`) goes into the fleet-key artifact.
 
 Every node checks every member's link certificate when it starts (the node is the
 trusted party; this module imports nothing of ``hsm``, so the host may use it).
@@ -47,22 +55,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
-import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from hsmvault.errors import DecodeError, InvalidParameter, VaultError
-from hsmvault.fleet.fleet_keys import FleetPublicKeys, FleetSecretKeys
+from hsmvault.fleet.fleet_keys import FleetPublicKeys
 from hsmvault.fleet.membership import FleetMember, FleetMembership, node_id_for
+
+if TYPE_CHECKING:
+    from hsmvault.evidence.ceremony import CeremonyOptions
 
 __all__ = [
     "DEFAULT_NODES",
     "DEFAULT_REGIONS",
+    "EVIDENCE_DIR",
     "FLEET_FILE",
     "FLEET_FILE_VERSION",
     "FORMED_INCARNATION",
@@ -88,6 +99,8 @@ DEFAULT_NODES: Final = 5
 DEFAULT_REGIONS: Final = ("eu-west", "us-east", "ap-south")
 LOOPBACK: Final = "127.0.0.1"
 FLEET_FILE: Final = "fleet.json"
+#: The ceremony's evidence folder, in the fleet's base directory.
+EVIDENCE_DIR: Final = "evidence"
 FLEET_FILE_VERSION: Final = 1
 #: Per node, in ``host/``: which member this directory is (public).
 NODE_CONFIG_FILE: Final = "node.json"
@@ -98,7 +111,8 @@ PEERS_FILE: Final = "peers.json"
 FORMED_INCARNATION: Final = 1
 #: Custody signing purpose of a link certificate.
 LINK_CERT_PURPOSE: Final = b"hsmvault/fleet-link-key/v1"
-_PROVISION_TIMEOUT_S: Final = 120.0
+#: Region names: those of the fleet-key artifact (ADR 0010) and of attestations.
+_REGION: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 CustodyKind = Literal["software", "softhsm"]
 _CUSTODY_KINDS: Final = ("software", "softhsm")
@@ -258,6 +272,11 @@ class FleetLayout:
         return self.base_dir / FLEET_FILE
 
     @property
+    def evidence_dir(self) -> Path:
+        """The key ceremony's evidence folder (ADR 0012)."""
+        return self.base_dir / EVIDENCE_DIR
+
+    @property
     def api_addresses(self) -> list[tuple[str, int]]:
         """Every node's API address, in index order (what a host client needs)."""
         return [n.api_address for n in self.nodes]
@@ -383,84 +402,14 @@ def _check_args(nodes: int, regions: Sequence[str], custody: str, base_port: int
         raise InvalidParameter("nodes must be an int")
     if not MIN_NODES <= nodes <= MAX_NODES or nodes % 2 == 0:
         raise InvalidParameter(f"a fleet has an odd number of nodes in {MIN_NODES}..{MAX_NODES}")
-    if not regions or any(
-        not isinstance(r, str) or not 1 <= len(r) <= 64 or not r.isascii() or not r.isprintable()
-        for r in regions
-    ):
-        raise InvalidParameter("regions must be 1..64 printable ASCII characters each")
+    if not regions or any(not isinstance(r, str) or not _REGION.fullmatch(r) for r in regions):
+        raise InvalidParameter(
+            "regions are 1..63 characters of [a-z0-9-], not starting or ending with '-'"
+        )
     if custody not in _CUSTODY_KINDS:
         raise InvalidParameter("custody must be 'software' or 'softhsm'")
     if base_port is not None and not 1024 <= base_port <= 65535 - 2 * nodes:
         raise InvalidParameter("base_port out of range")
-
-
-class _Provisioner:
-    """One ``node_process --provision`` child and its JSON-lines conversation."""
-
-    def __init__(self, node_dir: Path, env: Mapping[str, str]) -> None:
-        self.node_dir = node_dir
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [
-                sys.executable,
-                "-m",
-                "hsmvault.hsm.node_process",
-                "--node-dir",
-                str(node_dir),
-                "--provision",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            text=True,
-        )
-
-    def send(self, obj: Mapping[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(obj) + "\n")
-        self.proc.stdin.flush()
-
-    def receive(self) -> dict[str, Any]:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(_PROVISION_TIMEOUT_S)
-        line = result[0] if result else ""
-        if not line:
-            self.kill()
-            raise FormationError(f"provisioning {self.node_dir.name} failed: {self._stderr_tail()}")
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            raise FormationError(f"provisioning {self.node_dir.name}: bad answer") from None
-        if not isinstance(answer, dict):
-            raise FormationError(f"provisioning {self.node_dir.name}: bad answer")
-        return answer
-
-    def finish(self) -> None:
-        try:
-            code = self.proc.wait(timeout=_PROVISION_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise FormationError(f"provisioning {self.node_dir.name} did not exit") from None
-        if code != 0:
-            raise FormationError(
-                f"provisioning {self.node_dir.name} exited with {code}: {self._stderr_tail()}"
-            )
-
-    def _stderr_tail(self) -> str:
-        if self.proc.poll() is None:
-            return "no answer"
-        assert self.proc.stderr is not None
-        lines = self.proc.stderr.read().strip().splitlines()
-        return lines[-1][:300] if lines else f"exit {self.proc.returncode}"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _write_node_config(node_dir: Path, index: int, custody: str) -> None:
@@ -477,66 +426,88 @@ def form_fleet(
     regions: Sequence[str] = DEFAULT_REGIONS,
     custody: CustodyKind = "software",
     base_port: int | None = None,
+    ceremony: CeremonyOptions | None = None,
 ) -> FleetLayout:
-    """Form a fleet of ``nodes`` members under ``base_dir`` (see the module docstring).
+    """Form a fleet of ``nodes`` members under ``base_dir`` through the key ceremony
+    (see the module docstring; ``ceremony`` sets its officers, deployment name, operator
+    key and namespace — by default one ephemeral officer, unattended).
 
     Node ``i`` gets region ``regions[i % len(regions)]``, and Raft/API ports
     ``base_port + 2i`` / ``base_port + 2i + 1`` (or free loopback ports when
     ``base_port`` is None). The nodes are provisioned but not started: start each with
-    ``python -m hsmvault.hsm.node_process --node-dir base_dir/node-<i>``.
+    ``python -m hsmvault.hsm.node_process --node-dir base_dir/node-<i>``. The evidence
+    folder is ``base_dir/evidence`` (:attr:`FleetLayout.evidence_dir`).
     """
+    # On demand: every node process imports this module, only formation runs a ceremony.
+    from hsmvault.evidence.ceremony import JsonLinesChild, run_ceremony  # noqa: PLC0415
+
     _check_args(nodes, regions, custody, base_port)
     base = Path(base_dir).resolve()
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if (base / FLEET_FILE).exists() or any(base.glob("node-*")):
+    if (base / FLEET_FILE).exists() or (base / EVIDENCE_DIR).exists() or any(base.glob("node-*")):
         raise FormationError("base_dir already holds a fleet")
     ports = (
         list(range(base_port, base_port + 2 * nodes))
         if base_port is not None
         else _free_ports(2 * nodes)
     )
-    keys = FleetSecretKeys.generate()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     node_dirs = [base / f"node-{i}" for i in range(nodes)]
+    node_regions = [regions[i % len(regions)] for i in range(nodes)]
     for i, node_dir in enumerate(node_dirs):
         (node_dir / "nvram").mkdir(mode=0o700, parents=True)
         _write_node_config(node_dir, i, custody)
 
-    children = [_Provisioner(d, env) for d in node_dirs]
+    children = [
+        JsonLinesChild(
+            [
+                sys.executable,
+                "-m",
+                "hsmvault.hsm.node_process",
+                "--node-dir",
+                str(d),
+                "--provision",
+            ],
+            env,
+            f"node-{i}",
+        )
+        for i, d in enumerate(node_dirs)
+    ]
     try:
+        outcome = run_ceremony(
+            children,
+            regions=node_regions,
+            custody=custody,
+            evidence_dir=base / EVIDENCE_DIR,
+            options=ceremony,
+            env=env,
+        )
         for child in children:
-            child.send({"fleet_keys": keys.to_bytes().hex()})
-        layouts = []
-        for i, child in enumerate(children):
-            answer = child.receive()
-            try:
-                link_public_key = bytes.fromhex(answer["link_public_key"])
-                node = NodeLayout(
-                    index=i,
-                    region=regions[i % len(regions)],
-                    node_dir=node_dirs[i],
-                    node_id=node_id_for(link_public_key),
-                    link_public_key=link_public_key,
-                    identity_algorithm=int(answer["identity_algorithm"]),
-                    identity_public_key=bytes.fromhex(answer["identity_public_key"]),
-                    link_certificate=bytes.fromhex(answer["link_certificate"]),
-                    raft_port=ports[2 * i],
-                    api_port=ports[2 * i + 1],
-                )
-            except (KeyError, TypeError, ValueError):
-                raise FormationError(f"provisioning node-{i}: malformed answer") from None
-            layouts.append(node)
-        layout = FleetLayout(base, keys.fleet_id, custody, keys.public(), tuple(layouts))
-        layout.membership()  # duplicates, ranges
-        pinned = [m.hex() for m in layout.pinned_member_ids()]
-        for child in children:
-            child.send({"membership": pinned})
-        for i, child in enumerate(children):
-            if child.receive() != {"ok": True}:
-                raise FormationError(f"provisioning node-{i}: membership not pinned")
             child.finish()
-    except (InvalidParameter, DecodeError) as exc:
-        raise FormationError(f"formation failed: {type(exc).__name__}: {exc}") from None
+        layout = FleetLayout(
+            base,
+            outcome.fleet_id,
+            custody,
+            outcome.public_keys,
+            tuple(
+                NodeLayout(
+                    index=m.index,
+                    region=m.region,
+                    node_dir=node_dirs[m.index],
+                    node_id=node_id_for(m.link_public_key),
+                    link_public_key=m.link_public_key,
+                    identity_algorithm=m.identity_algorithm,
+                    identity_public_key=m.identity_public_key,
+                    link_certificate=m.link_certificate,
+                    raft_port=ports[2 * m.index],
+                    api_port=ports[2 * m.index + 1],
+                )
+                for m in outcome.members
+            ),
+        )
+        layout.membership()  # duplicates, ranges
+    except VaultError as exc:  # CeremonyError, MeasurementError, DecodeError, ...
+        raise FormationError(f"formation failed: {exc}") from None
     finally:
         for child in children:
             child.kill()

@@ -24,6 +24,11 @@ repeating it counts at most one more, exactly as a user retrying would.
 :meth:`FleetClient.install_bundle` is the operator's path to the fleet's validation
 bundle (ADR 0010, "Delivery"): one ``InstallBundle`` request with failover (installing
 is idempotent, so a retry on another node is safe).
+
+:meth:`FleetClient.decommission` is the operator's last step of a fleet rotation (ADR
+0013): one ``Decommission`` request with failover (idempotent), then a ``Status`` to every
+node in turn until each reports the fleet decommissioned — which also makes each node ask
+its consensus engine for a fresh snapshot and log compaction — within a deadline.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +46,28 @@ from hsmvault.fleet.fleet_keys import FleetPublicKeys
 from hsmvault.fleet.formation import FleetLayout
 from hsmvault.fleet.node_api import KIND_NODE_INFO, KIND_VAULT, NodeInfo, recv_frame, send_frame
 from hsmvault.wire.hsm_api import (
+    FLEET_ID_LEN,
     MAX_BUNDLE_LEN,
     MAX_EPOCH,
+    DecommissionRequest,
+    DecommissionResponse,
     InstallBundleRequest,
     InstallBundleResponse,
     Outcome,
     Response,
+    StatusRequest,
+    StatusResponse,
     decode_response,
 )
 
-__all__ = ["BundleInstallRefused", "FleetClient", "FleetClientConfig", "NodeAnswer"]
+__all__ = [
+    "BundleInstallRefused",
+    "DecommissionRefused",
+    "DecommissionReport",
+    "FleetClient",
+    "FleetClientConfig",
+    "NodeAnswer",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +96,29 @@ class BundleInstallRefused(VaultError):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(f"the fleet refused the bundle: {outcome.name}")
         self.outcome = outcome
+
+
+class DecommissionRefused(VaultError):
+    """The fleet refused to decommission: ``outcome`` is ``BAD_REQUEST`` (the fleet id is
+    not this fleet's, or the nodes predate the request). Nothing was erased."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(f"the fleet refused to decommission: {outcome.name}")
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class DecommissionReport:
+    """What :meth:`FleetClient.decommission` achieved: ``erased_records`` records and
+    tombstones erased by this call (0 if the fleet already was decommissioned);
+    ``confirmed`` the indexes of the nodes whose status reported the fleet
+    decommissioned (each then asked its engine for a snapshot); ``unconfirmed`` those
+    that did not answer so before the deadline (down, or lagging: the decommissioning is
+    in the replicated log, so they apply it when they catch up)."""
+
+    erased_records: int
+    confirmed: tuple[int, ...]
+    unconfirmed: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -183,6 +224,68 @@ class FleetClient:
                 raise DecodeError("the fleet installed another epoch than requested")
             return response.epoch
         raise BundleInstallRefused(response.outcome)
+
+    def decommission(
+        self,
+        fleet_id: bytes | None = None,
+        *,
+        confirm_timeout: float = 15.0,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> DecommissionReport:
+        """Decommission the fleet (ADR 0013): erase every record in every replica, for
+        good. ``fleet_id`` defaults to :attr:`public_keys`' fleet id (the node refuses
+        another fleet's id: a request sent to the wrong fleet erases nothing).
+
+        Sends one ``Decommission`` (failover: it is idempotent), then asks every node's
+        status until each reports ``decommissioned`` or ``confirm_timeout`` seconds
+        passed. Raises :class:`DecommissionRefused` (``BAD_REQUEST``),
+        :class:`Unavailable` if no node could commit it (it may still have; calling
+        again is safe), :class:`InvalidParameter` for a bad fleet id."""
+        if fleet_id is None:
+            if self._public_keys is None:
+                raise InvalidParameter("decommission needs the fleet id (or public keys)")
+            fleet_id = self._public_keys.fleet_id
+        if not isinstance(fleet_id, bytes) or len(fleet_id) != FLEET_ID_LEN:
+            raise InvalidParameter("fleet id must be 32 bytes")
+        if not confirm_timeout >= 0:
+            raise InvalidParameter("confirm_timeout must be >= 0")
+        response = self.call(DecommissionRequest(fleet_id).to_bytes()).response
+        if not isinstance(response, DecommissionResponse) or response.outcome is not Outcome.OK:
+            raise DecommissionRefused(response.outcome)  # ErrorResponse: a node too old
+        _log.warning("fleet decommissioned (%d records erased)", response.erased_records)
+        deadline = time.monotonic() + confirm_timeout
+        pending = list(range(len(self._addresses)))
+        confirmed: list[int] = []
+        while True:
+            for index in list(pending):
+                if self._reports_decommissioned(index):
+                    pending.remove(index)
+                    confirmed.append(index)
+            if not pending or time.monotonic() >= deadline:
+                break
+            sleep(0.05)
+        return DecommissionReport(response.erased_records, tuple(sorted(confirmed)), tuple(pending))
+
+    def _reports_decommissioned(self, index: int) -> bool:
+        try:
+            answer = self.call(StatusRequest().to_bytes(), prefer=index, failover=False)
+        except Unavailable:
+            return False
+        response = answer.response
+        return (
+            isinstance(response, StatusResponse)
+            and response.outcome is Outcome.OK
+            and response.decommissioned
+        )
+
+    def status(self, index: int) -> StatusResponse:
+        """Node ``index``'s :class:`StatusResponse` (counts, decommissioned flag);
+        :class:`Unavailable` if it gives no OK status."""
+        answer = self.call(StatusRequest().to_bytes(), prefer=index, failover=False)
+        response = answer.response
+        if not isinstance(response, StatusResponse) or response.outcome is not Outcome.OK:
+            raise Unavailable(f"node {index} gave no status ({response.outcome.name})")
+        return response
 
     def node_info(self, index: int) -> NodeInfo:
         """Node ``index``'s :class:`NodeInfo`; :class:`Unavailable` if it cannot answer."""

@@ -45,9 +45,10 @@ is read, and any protocol violation closes the connection. It adds no authority:
 Logs go to ``host/node.log``: event names, node ids, ports, outcome names — never keys,
 PINs, OPAQUE messages or wrapped keys.
 
-``--provision`` is formation's step (see :mod:`hsmvault.fleet.formation`): a JSON-lines
-conversation on stdin/stdout that creates the custody keys, seals the fleet keys and the
-link key, and pins the membership in NVRAM.
+``--provision`` is formation's step, the key ceremony inside the node
+(:mod:`hsmvault.hsm.ceremony`, ADR 0012): a JSON-lines conversation on stdin/stdout that
+creates the custody keys, attests them, receives the fleet keys sealed to this node,
+seals them and the link key, and pins the membership in NVRAM.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ from hsmvault.errors import (
     VaultError,
     VerificationError,
 )
-from hsmvault.fleet.fleet_keys import FleetSecretKeys, seal_fleet_keys, unseal_fleet_keys
+from hsmvault.fleet.fleet_keys import unseal_fleet_keys
 from hsmvault.fleet.formation import (
     FORMED_INCARNATION,
     LINK_CERT_PURPOSE,
@@ -292,42 +293,29 @@ def _link_signer(custody: KeyCustody, host_dir: Path, fleet_id: bytes) -> Softwa
 
 
 def _provision(node_dir: Path) -> int:
-    """Formation's step (JSON lines on stdin/stdout; see :mod:`hsmvault.fleet.formation`)."""
+    """Formation's step: the key ceremony inside this node (JSON lines on stdin/stdout;
+    :mod:`hsmvault.hsm.ceremony`, ADR 0012). The custody is created here, so the
+    identity key is made inside it; the fleet keys arrive HPKE-sealed to this node."""
+    from hsmvault.hsm.ceremony import NodeCeremony, serve  # noqa: PLC0415 - provisioning only
+
     index, kind, _ = _read_node_config(node_dir)
-    host_dir = node_dir / "host"
-    request = json.loads(sys.stdin.readline())
-    keys = FleetSecretKeys.from_bytes(bytes.fromhex(request["fleet_keys"]))
     with DirectoryNvram(node_dir / "nvram") as nvram:
         if nvram.membership():
             raise StartupError("this NVRAM already belongs to a fleet")
         custody = _open_custody(kind, nvram, node_dir / "nvram", create=True)
         try:
-            _write_private(host_dir / FLEET_KEYS_FILE, seal_fleet_keys(custody, keys))
-            link_key = Ed25519PrivateKey.generate()
-            _write_private(
-                host_dir / LINK_KEY_FILE,
-                custody.seal(LINK_KEY_PURPOSE, link_key.private_bytes_raw(), keys.fleet_id),
+            ceremony = NodeCeremony(
+                custody=custody,
+                nvram=nvram,
+                custody_kind=kind,
+                index=index,
+                host_dir=node_dir / "host",
+                write_private=_write_private,
             )
-            link_public = link_key.public_key().public_bytes_raw()
-            certificate = custody.sign(
-                LINK_CERT_PURPOSE, link_certificate_message(keys.fleet_id, link_public)
-            )
-            answer = {
-                "identity_algorithm": int(custody.identity.algorithm),
-                "identity_public_key": custody.identity.public_key.hex(),
-                "link_public_key": link_public.hex(),
-                "link_certificate": certificate.hex(),
-            }
-            print(json.dumps(answer), flush=True)
-            pinned = json.loads(sys.stdin.readline())["membership"]
-            members = [bytes.fromhex(m) for m in pinned]
-            if bytes.fromhex(node_id_for(link_public)) not in members:
-                raise StartupError("the membership does not contain this node")
-            nvram.set_membership(members, epoch=FORMED_INCARNATION)
-            print(json.dumps({"ok": True}), flush=True)
+            serve(ceremony, sys.stdin, sys.stdout)
         finally:
             custody.close()
-    _log.info("node-%d provisioned", index)
+    _log.info("node-%d provisioned by the key ceremony", index)
     return 0
 
 
@@ -385,6 +373,7 @@ class NodeProcess:
                 signing_key=keys.sig_private(),
                 config=VaultServiceConfig(),
                 rejoin=self._handle_rejoin,
+                compact=self._raft.compact,  # ADR 0013: snapshot once decommissioned
             )
             self._server = socket.create_server((me.host, me.api_port), backlog=64)
         except BaseException:

@@ -77,6 +77,20 @@ Rejoin (fleet-internal)
     delegated to the ``rejoin`` handler the node process provides (ticket checks and
     the membership change live there, ADR 0005 "Rejoin"); without a handler
     ``BAD_REQUEST``. No session is touched.
+Decommission (operator, relayed by the host; ADR 0013)
+    1. the request's fleet id must be this node's (else ``BAD_REQUEST``, nothing
+    changes); 2. commit ``Decommission`` (every replica erases every record and
+    tombstone; idempotent); 3. drop every login session held here; 4. ask the consensus
+    engine, once, to write a snapshot and compact its log (``compact``), so the sealed
+    state on the host's disk no longer holds the erased records in the next snapshot.
+
+**Once decommissioned** (this node's committed state says so), every request but
+``Status``, ``Rejoin`` and ``Decommission`` is answered ``DECOMMISSIONED`` before anything
+is submitted, sessions are dropped, and the first such request (a ``Status`` too) also
+triggers the one-time compaction on *this* node — so an operator who polls every node's
+status after decommissioning makes every replica compact. A command that reaches the
+state machine after the decommissioning (a race) is refused there and answered
+``DECOMMISSIONED`` too.
 
 Secrets (session keys, OPAQUE states, records, wrapped keys) never appear in logs,
 exceptions or ``repr``. Session ids are looked up through a keyed hash and compared with
@@ -126,6 +140,8 @@ from hsmvault.hsm.vault_state import (
     BundleStaged,
     Command,
     CommandResult,
+    Decommission,
+    Decommissioned,
     Delete,
     NoOp,
     RecordFailure,
@@ -152,6 +168,8 @@ from hsmvault.wire.hsm_api import (
     AttemptsRemainingResponse,
     ChangeSecretRequest,
     ChangeSecretResponse,
+    DecommissionRequest,
+    DecommissionResponse,
     DeleteRequest,
     DeleteResponse,
     InstallBundleRequest,
@@ -273,6 +291,14 @@ class _InternalError(Exception):
     """The consensus layer answered something this node cannot have produced."""
 
 
+class _FleetDecommissioned(Exception):
+    """The state machine refused a command because the fleet is decommissioned."""
+
+
+#: Requests a decommissioned fleet still answers (the rest: ``DECOMMISSIONED``).
+_STILL_ANSWERED: Final = (StatusRequest, RejoinRequest, DecommissionRequest)
+
+
 class VaultService:
     """The node's request handler. Thread-safe: many ``handle`` calls may run at once
     (each blocks in ``Consensus.submit``); session bookkeeping takes one lock.
@@ -282,11 +308,15 @@ class VaultService:
     sealed uploads of Register and ChangeSecret; ``fleet_id`` and ``signing_key`` (the
     fleet's ``sig`` key, :meth:`~hsmvault.fleet.fleet_keys.FleetSecretKeys.sig_private`)
     sign the start responses. ``clock`` (monotonic seconds) and ``rng`` are injectable
-    for tests.
+    for tests. ``compact`` (optional) asks the consensus engine to write a snapshot and
+    compact its log; it is called once, when this node first sees the fleet
+    decommissioned (ADR 0013), and must not block.
     """
 
     __slots__ = (
         "_clock",
+        "_compact",
+        "_compacted",
         "_config",
         "_consensus",
         "_fake_ksf",
@@ -314,8 +344,11 @@ class VaultService:
         clock: Callable[[], float] = time.monotonic,
         rng: RandomBytes | None = None,
         rejoin: RejoinHandler | None = None,
+        compact: Callable[[], None] | None = None,
     ) -> None:
         self._server = server
+        self._compact = compact
+        self._compacted = False
         self._rejoin = rejoin
         self._consensus = consensus
         if not isinstance(upload_key, X25519PrivateKey):
@@ -343,11 +376,18 @@ class VaultService:
         request: Request | None = None
         try:
             request = decode_request(request_bytes)
-            response = self._dispatch(request, bytes(request_bytes))
+            refusal = self._decommissioned_refusal(request)
+            if refusal is not None:
+                response = refusal
+            else:
+                response = self._dispatch(request, bytes(request_bytes))
         except (DecodeError, InvalidParameter):
             response = refusal_for(request, Outcome.BAD_REQUEST)
         except Unavailable:
             response = refusal_for(request, Outcome.UNAVAILABLE)
+        except _FleetDecommissioned:
+            self._on_decommissioned()
+            response = refusal_for(request, Outcome.DECOMMISSIONED)
         except Exception as exc:  # the door never raises; no message text (may be secret)
             _log.error(  # no traceback: it could show secret locals
                 "internal error in %s: %s", type(request).__name__, type(exc).__name__
@@ -379,6 +419,8 @@ class VaultService:
                 return self._handle_rejoin(request)
             case InstallBundleRequest():
                 return self._install_bundle(request)
+            case DecommissionRequest():
+                return self._decommission(request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _handle_rejoin(self, request: RejoinRequest) -> Response:
@@ -392,7 +434,9 @@ class VaultService:
     # ----------------------------------------------------------------- helpers
 
     def _submit(self, command: Command) -> CommandResult:
-        """Commit ``command``; :class:`Unavailable` propagates."""
+        """Commit ``command``; :class:`Unavailable` propagates; a refusal because the
+        fleet is decommissioned raises :class:`_FleetDecommissioned` (answered
+        ``DECOMMISSIONED`` by :meth:`handle`)."""
         raw = self._consensus.submit(encode_command(command))
         try:
             result = decode_result(raw)
@@ -400,7 +444,34 @@ class VaultService:
             raise _InternalError("undecodable command result") from None
         if result == Refused(Refusal.MALFORMED_COMMAND):
             raise _InternalError("state machine refused our own command")
+        if result == Refused(Refusal.DECOMMISSIONED):
+            raise _FleetDecommissioned
         return result
+
+    def _decommissioned_refusal(self, request: Request) -> Response | None:
+        """``DECOMMISSIONED`` for a request a decommissioned fleet no longer answers (see
+        the module docstring), else ``None``."""
+        if not self._consensus.state().decommissioned:
+            return None
+        self._on_decommissioned()
+        if isinstance(request, _STILL_ANSWERED):
+            return None
+        return refusal_for(request, Outcome.DECOMMISSIONED)
+
+    def _on_decommissioned(self) -> None:
+        """Drop every session held here; the first time, ask for a snapshot and log
+        compaction (see the module docstring). Never raises."""
+        with self._lock:
+            self._sessions.clear()
+            first = not self._compacted
+            self._compacted = True
+        if first and self._compact is not None:
+            try:
+                self._compact()
+            except Exception as exc:  # compaction is best effort; the state is already erased
+                _log.error("log compaction after decommissioning failed: %s", type(exc).__name__)
+            else:
+                _log.warning("fleet decommissioned: records erased; snapshot and compaction asked")
 
     def _open_upload(
         self, sealed_upload: bytes, user_id: bytes, credential_nonce: bytes
@@ -660,6 +731,15 @@ class VaultService:
                     raise _InternalError("unexpected result for BundlePart")
         raise _InternalError("the last bundle part did not install the bundle")
 
+    def _decommission(self, request: DecommissionRequest) -> Response:
+        if not hmac.compare_digest(request.fleet_id, self._fleet_id):  # 1.
+            return DecommissionResponse.refused(Outcome.BAD_REQUEST)
+        result = self._submit(Decommission())  # 2.
+        if not isinstance(result, Decommissioned):
+            raise _InternalError("unexpected result for Decommission")
+        self._on_decommissioned()  # 3.-4.
+        return DecommissionResponse(Outcome.OK, result.erased)
+
     def _attempts_remaining(self, request: AttemptsRemainingRequest) -> Response:
         state = self._consensus.state()
         record = state.record(request.user_id)
@@ -674,7 +754,13 @@ class VaultService:
         with self._lock:
             self._purge_expired(self._clock())
             open_sessions = len(self._sessions)
-        return StatusResponse(Outcome.OK, state.record_count, state.tombstone_count, open_sessions)
+        return StatusResponse(
+            Outcome.OK,
+            state.record_count,
+            state.tombstone_count,
+            open_sessions,
+            state.decommissioned,
+        )
 
     # ----------------------------------------------------------------- hygiene
 

@@ -47,7 +47,16 @@ offset, data)``                    once the last part is in and the digest match
                                    digest or length; ``BUNDLE_SEQUENCE`` for a part that
                                    does not continue the staging (offset 0 always
                                    restarts it) or a digest that does not match
+``Decommission``                   ``Decommissioned(erased)``: every record and tombstone,
+                                   the bundle and its staging are dropped and the state
+                                   is *decommissioned* for good (``erased`` = records +
+                                   tombstones dropped; 0 when repeated: idempotent)
 =================================  =====================================================
+
+**Decommissioned** (ADR 0013) is terminal: afterwards every command but ``Decommission``
+(idempotent) and ``NoOp`` is ``Refused(DECOMMISSIONED)`` and changes nothing, so no
+record, tombstone or bundle ever comes back. Only ``last_version`` and the flag remain;
+both survive :meth:`VaultState.snapshot`/:meth:`VaultState.restore`.
 
 Bytes that do not decode as a command give ``Refused(MALFORMED_COMMAND)`` and change
 nothing (``apply`` never raises on input).
@@ -67,6 +76,8 @@ Invariants (checked by ``tests/hsm/test_vault_state.py``):
    naming an old version never touches a newer record.
 4. The bundle epoch never decreases, and an installed epoch never changes its bytes; a
    staged bundle's epoch is above the current one.
+5. A decommissioned state holds no record, tombstone, bundle or staging, and stays
+   decommissioned.
 """
 
 from __future__ import annotations
@@ -105,6 +116,8 @@ __all__ = [
     "BundleStaged",
     "Command",
     "CommandResult",
+    "Decommission",
+    "Decommissioned",
     "Delete",
     "FailureRecorded",
     "InstalledBundle",
@@ -127,8 +140,10 @@ __all__ = [
 
 #: Version byte of command and result encodings.
 COMMAND_VERSION: Final = 1
-#: Version byte of snapshots (2: the current bundle and its staging).
-SNAPSHOT_VERSION: Final = 2
+#: Version byte of snapshots (2: the current bundle and its staging; 3: the
+#: decommissioned flag). Version 2 snapshots are still read (as not decommissioned).
+SNAPSHOT_VERSION: Final = 3
+_SNAPSHOT_V2: Final = 2
 _U64_MAX: Final = (1 << 64) - 1
 #: Largest ``data`` of one ``BundlePart``: its command stays well below
 #: ``fleet.codec.MAX_COMMAND_SIZE`` (16 KiB), so 64 KiB take six parts.
@@ -193,6 +208,7 @@ class _Tag(enum.IntEnum):
     DELETE = 6
     NOOP = 7
     BUNDLE_PART = 8
+    DECOMMISSION = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +314,11 @@ class NoOp:
 
 
 @dataclass(frozen=True, slots=True)
+class Decommission:
+    """Erase every record and tombstone and refuse everything from now on (ADR 0013)."""
+
+
+@dataclass(frozen=True, slots=True)
 class BundlePart:
     """Bytes ``[offset, offset + len(data))`` of the validation bundle of ``epoch``
     whose SHA-256 is ``digest`` and whose length is ``total`` (see the module
@@ -340,7 +361,15 @@ def bundle_parts(epoch: int, bundle: bytes) -> list[BundlePart]:
 
 
 Command: TypeAlias = (
-    Register | BeginAttempt | RecordSuccess | RecordFailure | Replace | Delete | NoOp | BundlePart
+    Register
+    | BeginAttempt
+    | RecordSuccess
+    | RecordFailure
+    | Replace
+    | Delete
+    | NoOp
+    | BundlePart
+    | Decommission
 )
 
 
@@ -412,6 +441,8 @@ def encode_command(command: Command) -> bytes:
             )
         case NoOp():
             w.u8(_Tag.NOOP)
+        case Decommission():
+            w.u8(_Tag.DECOMMISSION)
         case BundlePart():
             w.u8(_Tag.BUNDLE_PART).u64(command.epoch).fixed(command.digest, _DIGEST_LEN)
             w.u32(command.total).u32(command.offset)
@@ -441,6 +472,8 @@ def _decode_command(r: Reader) -> Command:
         command = Replace(user_id, version, *_read_material(r))
     elif tag is _Tag.NOOP:
         command = NoOp()
+    elif tag is _Tag.DECOMMISSION:
+        command = Decommission()
     elif tag is _Tag.BUNDLE_PART:
         epoch, digest, total, offset = r.u64(), r.fixed(_DIGEST_LEN), r.u32(), r.u32()
         data = r.var_bytes(prefix=2, max_len=BUNDLE_PART_LEN, min_len=1)
@@ -483,6 +516,8 @@ class Refusal(enum.IntEnum):
     EPOCH_CONFLICT = 7
     #: BundlePart: does not continue the staged bundle, or the digest does not match.
     BUNDLE_SEQUENCE = 8
+    #: The state is decommissioned: it takes no command but Decommission and NoOp.
+    DECOMMISSIONED = 9
 
 
 class _ResultTag(enum.IntEnum):
@@ -493,6 +528,7 @@ class _ResultTag(enum.IntEnum):
     REFUSED = 5
     BUNDLE_STAGED = 6
     BUNDLE_INSTALLED = 7
+    DECOMMISSIONED = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +587,14 @@ class BundleInstalled:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class Decommissioned:
+    """The state is decommissioned; ``erased`` records and tombstones were dropped by
+    this command (0 if it already was)."""
+
+    erased: int
+
+
 CommandResult: TypeAlias = (
     Applied
     | AttemptGranted
@@ -559,6 +603,7 @@ CommandResult: TypeAlias = (
     | Refused
     | BundleStaged
     | BundleInstalled
+    | Decommissioned
 )
 
 
@@ -586,6 +631,8 @@ def encode_result(result: CommandResult) -> bytes:
             w.u8(_ResultTag.BUNDLE_STAGED).u32(result.received)
         case BundleInstalled():
             w.u8(_ResultTag.BUNDLE_INSTALLED).u64(result.epoch)
+        case Decommissioned():
+            w.u8(_ResultTag.DECOMMISSIONED).u32(result.erased)
         case _:
             raise InvalidParameter("not a command result")
     return w.getvalue()
@@ -620,6 +667,8 @@ def decode_result(data: bytes) -> CommandResult:
         result = BundleStaged(r.u32())
     elif tag is _ResultTag.BUNDLE_INSTALLED:
         result = BundleInstalled(r.u64())
+    elif tag is _ResultTag.DECOMMISSIONED:
+        result = Decommissioned(r.u32())
     else:
         try:
             result = Refused(Refusal(r.u8()))
@@ -682,7 +731,15 @@ class VaultState:
     reader on another thread sees a state between two commands, never inside one.
     """
 
-    __slots__ = ("_bundle", "_last_version", "_lock", "_records", "_staging", "_tombstones")
+    __slots__ = (
+        "_bundle",
+        "_decommissioned",
+        "_last_version",
+        "_lock",
+        "_records",
+        "_staging",
+        "_tombstones",
+    )
     __hash__ = None  # type: ignore[assignment]
 
     def __init__(self) -> None:
@@ -691,6 +748,7 @@ class VaultState:
         self._last_version = 0
         self._bundle: InstalledBundle | None = None
         self._staging: _Staging | None = None
+        self._decommissioned = False
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------- the mutator
@@ -718,6 +776,13 @@ class VaultState:
         return record if record is not None and record.version == version else None
 
     def _apply(self, command: Command) -> CommandResult:  # noqa: PLR0911 - one per command
+        if self._decommissioned:  # terminal (invariant 5)
+            match command:
+                case Decommission():
+                    return Decommissioned(0)
+                case NoOp():
+                    return Applied(0)
+            return Refused(Refusal.DECOMMISSIONED)
         match command:
             case Register():
                 return self._register(command)
@@ -735,7 +800,20 @@ class VaultState:
                 return Applied(0)
             case BundlePart():
                 return self._bundle_part(command)
+            case Decommission():
+                return self._decommission()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _decommission(self) -> CommandResult:
+        """Drop every record (key material included), tombstone, the bundle and its
+        staging; from now on the state is decommissioned (module docstring)."""
+        erased = len(self._records) + len(self._tombstones)
+        self._records = {}
+        self._tombstones = {}
+        self._bundle = None
+        self._staging = None
+        self._decommissioned = True
+        return Decommissioned(erased)
 
     def _bundle_part(self, part: BundlePart) -> CommandResult:
         """Stage ``part``; install the bundle once its last part is in (module docstring).
@@ -881,16 +959,22 @@ class VaultState:
         return self._last_version
 
     def bundle(self) -> InstalledBundle | None:
-        """The current validation bundle, or ``None`` if none was ever installed."""
+        """The current validation bundle, or ``None`` if none was ever installed (or the
+        state is decommissioned)."""
         with self._lock:
             return self._bundle
+
+    @property
+    def decommissioned(self) -> bool:
+        """Whether a ``Decommission`` was applied (terminal)."""
+        return self._decommissioned
 
     # ----------------------------------------------------------------- snapshots
 
     def snapshot(self) -> bytes:
         """Canonical bytes of the whole state (sorted by user id)::
 
-        version u8 || last_version u64
+        version u8 || last_version u64 || decommissioned bool
         || u32 n || n x (user_id u8-len || material || limit u8 || used u8 || ver u64)
         || u32 m || m x (user_id u8-len || erased_version u64)
         || has_bundle bool || [epoch u64 || u32-len bundle]
@@ -898,6 +982,7 @@ class VaultState:
         """
         with self._lock:
             w = Writer().u8(SNAPSHOT_VERSION).u64(self._last_version)
+            w.boolean(self._decommissioned)
             w.u32(len(self._records))
             for uid in sorted(self._records):
                 rec = self._records[uid]
@@ -930,13 +1015,16 @@ class VaultState:
         """Rebuild a state from :meth:`snapshot` output. Strict: unknown version,
         unsorted or duplicate ids, an id both live and tombstoned, a counter above its
         limit, a version above ``last_version``, invalid material, a staging that is
-        complete, empty or not above the current bundle epoch, or trailing bytes →
-        :class:`DecodeError`."""
+        complete, empty or not above the current bundle epoch, a decommissioned state
+        that holds anything, or trailing bytes → :class:`DecodeError`. A version-2
+        snapshot (before the decommissioned flag) is read as not decommissioned."""
         r = Reader(data)
-        if r.u8() != SNAPSHOT_VERSION:
+        snapshot_version = r.u8()
+        if snapshot_version not in (SNAPSHOT_VERSION, _SNAPSHOT_V2):
             raise DecodeError("unknown snapshot version")
         state = cls()
         last_version = r.u64()
+        decommissioned = r.boolean() if snapshot_version == SNAPSHOT_VERSION else False
         previous = b""
         for _ in range(r.u32()):
             uid = _read_user(r)
@@ -965,7 +1053,12 @@ class VaultState:
             previous = uid
         state._read_bundles(r)
         r.finish()
+        if decommissioned and (
+            state._records or state._tombstones or state._bundle or state._staging
+        ):
+            raise DecodeError("snapshot of a decommissioned state holds records or bundles")
         state._last_version = last_version
+        state._decommissioned = decommissioned
         return state
 
     def _read_bundles(self, r: Reader) -> None:
@@ -995,6 +1088,7 @@ class VaultState:
             self._last_version = loaded._last_version
             self._bundle = loaded._bundle
             self._staging = loaded._staging
+            self._decommissioned = loaded._decommissioned
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VaultState):
@@ -1005,5 +1099,6 @@ class VaultState:
         epoch = None if self._bundle is None else self._bundle.epoch
         return (
             f"VaultState(records={self.record_count}, tombstones={self.tombstone_count}, "
-            f"last_version={self.last_version}, bundle_epoch={epoch})"
+            f"last_version={self.last_version}, bundle_epoch={epoch}, "
+            f"decommissioned={self._decommissioned})"
         )

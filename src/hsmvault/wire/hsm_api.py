@@ -49,6 +49,13 @@ request bytes and the bundle. The client verifies it before it uses anything els
 response. :class:`InstallBundleRequest` (operator, through the host) makes ``(epoch,
 bundle)`` the fleet's current bundle through consensus; the node never parses the bundle.
 
+**Decommissioning (version 4, ADR 0013).** :class:`DecommissionRequest` (operator,
+through the host; the gateway refuses to relay it) names the fleet id and, committed
+through consensus, erases every record and tombstone in every replica and makes the
+fleet *decommissioned* for good: every user request is then answered
+:attr:`Outcome.DECOMMISSIONED`, and :class:`StatusResponse` carries a ``decommissioned``
+flag (the new field is why the version is 4).
+
 ``repr`` shows field lengths, never field bytes: no wire message ever prints a secret.
 """
 
@@ -95,6 +102,8 @@ __all__ = [
     "AttemptsRemainingResponse",
     "ChangeSecretRequest",
     "ChangeSecretResponse",
+    "DecommissionRequest",
+    "DecommissionResponse",
     "DeleteRequest",
     "DeleteResponse",
     "ErrorResponse",
@@ -124,8 +133,9 @@ __all__ = [
 ]
 
 #: Version byte that starts every request and response (2: uploads are sealed; 3: the
-#: start responses carry the fleet id, bundle and fleet signature; ``InstallBundle``).
-API_VERSION: Final = 3
+#: start responses carry the fleet id, bundle and fleet signature; ``InstallBundle``;
+#: 4: ``Decommission``, the ``DECOMMISSIONED`` outcome and ``StatusResponse.decommissioned``).
+API_VERSION: Final = 4
 #: User ids are 1..255 opaque bytes (chosen by the host's routing layer).
 MAX_USER_ID_LEN: Final = 255
 #: Login session ids: 16 random bytes chosen by the node.
@@ -196,6 +206,8 @@ class Outcome(enum.IntEnum):
     STALE_EPOCH = 7
     #: InstallBundle: the fleet holds other bytes for this same epoch.
     EPOCH_CONFLICT = 8
+    #: The fleet was decommissioned: its records are erased and it serves no one, ever.
+    DECOMMISSIONED = 9
 
 
 # --------------------------------------------------------------------------- field kinds
@@ -673,6 +685,22 @@ class InstallBundleRequest(_RequestBase):
     bundle: bytes
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class DecommissionRequest(_RequestBase):
+    """Operator: decommission the fleet ``fleet_id`` (ADR 0013). Committed through
+    consensus; every replica then erases every record's key material and every tombstone,
+    drops the current bundle, and refuses every user request from then on
+    (``DECOMMISSIONED``), across restarts and snapshots. Irreversible; repeating it is
+    idempotent (``OK`` again, nothing left to erase). A ``fleet_id`` that is not the
+    node's own is ``BAD_REQUEST`` (a request sent to the wrong fleet erases nothing).
+    Not a device request: the gateway refuses to relay it."""
+
+    TAG: ClassVar[int] = 0x0B
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (("fleet_id", _FLEET_ID),)
+
+    fleet_id: bytes
+
+
 def rejoin_ticket_bytes(fleet_id: bytes, node_id: bytes, incarnation: int) -> bytes:
     """The signed bytes of a rejoin ticket (see :meth:`RejoinRequest.ticket_bytes`).
     Raises :class:`~hsmvault.errors.InvalidParameter` for fields out of bounds."""
@@ -798,19 +826,22 @@ class DeleteResponse(_ResponseBase):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class StatusResponse(_ResponseBase):
-    """Coarse counters: live records, locked-out tombstones, open login sessions."""
+    """Coarse counters: live records, locked-out tombstones, open login sessions, and
+    whether the fleet is decommissioned (then the counts are 0)."""
 
     TAG: ClassVar[int] = 0x88
     _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (
         ("record_count", _COUNT),
         ("tombstone_count", _COUNT),
         ("open_sessions", _COUNT),
+        ("decommissioned", _Bool()),
     )
 
     outcome: Outcome
     record_count: int = 0
     tombstone_count: int = 0
     open_sessions: int = 0
+    decommissioned: bool = False
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -837,6 +868,20 @@ class InstallBundleResponse(_ResponseBase):
 
     outcome: Outcome
     epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DecommissionResponse(_ResponseBase):
+    """OK with ``erased_records``: how many records and tombstones this request erased
+    (0 when the fleet already was decommissioned: idempotent); BAD_REQUEST (another
+    fleet's id) or UNAVAILABLE (not committed now — it may still commit; retrying is
+    safe)."""
+
+    TAG: ClassVar[int] = 0x8B
+    _FIELDS: ClassVar[tuple[tuple[str, _Field], ...]] = (("erased_records", _COUNT),)
+
+    outcome: Outcome
+    erased_records: int = 0
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -868,6 +913,7 @@ Request: TypeAlias = (
     | StatusRequest
     | RejoinRequest
     | InstallBundleRequest
+    | DecommissionRequest
 )
 Response: TypeAlias = (
     RegistrationStartResponse
@@ -880,6 +926,7 @@ Response: TypeAlias = (
     | StatusResponse
     | RejoinResponse
     | InstallBundleResponse
+    | DecommissionResponse
     | ErrorResponse
 )
 
@@ -895,6 +942,7 @@ RESPONSE_FOR: Final[dict[type[_RequestBase], type[_ResponseBase]]] = {
     StatusRequest: StatusResponse,
     RejoinRequest: RejoinResponse,
     InstallBundleRequest: InstallBundleResponse,
+    DecommissionRequest: DecommissionResponse,
 }
 _REQUESTS: Final[dict[int, type[_RequestBase]]] = {cls.TAG: cls for cls in RESPONSE_FOR}
 _RESPONSE_TYPES: Final[tuple[type[_ResponseBase], ...]] = (*RESPONSE_FOR.values(), ErrorResponse)

@@ -126,8 +126,7 @@ class PasskeyApi:
 
     def _call(self, method: str, path: str, body: object = None) -> Any:
         try:
-            # GatewayHttp's one request path (auth header, transport errors, statuses).
-            response = self._http._request(method, path, json_body=body)
+            response = self._http.call_json(method, path, body)
         except GatewayError as exc:
             if exc.status == 403:
                 raise PasskeyRefused(str(exc), status=403, code=exc.code) from None

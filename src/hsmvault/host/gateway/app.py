@@ -7,11 +7,19 @@ under ``/v1``; errors are JSON ``{"error", "detail"}`` (:mod:`.errors`).
 
 Blocking work (fleet calls, storage) runs in Starlette's worker threads, never on the
 event loop: the async routes here only read bodies and ``await run_in_threadpool``.
+
+Fleet rotation (ADR 0013): users are routed by a :class:`~hsmvault.host.routing.FleetRouter`
+— their fleet assignment (kept by the metadata store when it is a
+:class:`~hsmvault.host.storage.base.FleetAssignmentStore`), else the active fleets — and a
+client may name a configured fleet by its id in the ``Hsmvault-Fleet`` header of
+``POST /v1/vault`` (how the SDK moves a user from a retiring fleet to an active one).
 """
 
 from __future__ import annotations
 
+import hmac
 import math
+import re
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -25,8 +33,13 @@ from starlette.concurrency import run_in_threadpool
 
 from hsmvault.errors import InvalidParameter
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
-from hsmvault.host.routing import FleetRing
-from hsmvault.host.storage.base import BackupMeta, BlobStore, MetadataStore
+from hsmvault.host.routing import FleetRouter
+from hsmvault.host.storage.base import (
+    BackupMeta,
+    BlobStore,
+    FleetAssignmentStore,
+    MetadataStore,
+)
 
 from .auth import InvalidToken, TokenVerifier
 from .backups import BACKUP_ID_PATTERN, UPLOAD_ID_PATTERN, BackupService
@@ -38,10 +51,13 @@ from .ratelimit import TokenBuckets
 from .relay import FleetCaller, VaultRelay
 from .sessions import SessionTable
 
-__all__ = ["API_TITLE", "API_VERSION", "FleetLike", "create_app"]
+__all__ = ["API_TITLE", "API_VERSION", "FLEET_HEADER", "FleetLike", "create_app"]
 
 API_TITLE: Final = "hsmvault gateway"
 API_VERSION: Final = "1"
+#: The request header that names a fleet by its id (64 hex digits; ADR 0013).
+FLEET_HEADER: Final = "Hsmvault-Fleet"
+_FLEET_ID_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _OCTET: Final = "application/octet-stream"
 _BINARY: Final = {"type": "string", "format": "binary"}
 
@@ -167,7 +183,8 @@ class _Gateway:
 
     config: GatewayConfig
     fleets: Mapping[str, FleetLike]
-    ring: FleetRing
+    router: FleetRouter
+    fleet_ids: Mapping[bytes, str]
     verifier: TokenVerifier
     relay: VaultRelay
     backups: BackupService
@@ -179,6 +196,20 @@ class _Gateway:
         if wait is not None:
             retry = {"Retry-After": _retry_after(wait)}
             raise ApiError(429, "rate_limited", "too many requests", headers=retry)
+
+    def named_fleet(self, header: str | None) -> str | None:
+        """The configured fleet a ``Hsmvault-Fleet`` header names (``None`` without
+        one); 400 for anything but the hex id of a fleet in the routing table."""
+        if header is None:
+            return None
+        value = header.strip()
+        if _FLEET_ID_HEX.fullmatch(value) is None:
+            raise ApiError(400, "bad_request", f"{FLEET_HEADER} must be a 64-hex-digit fleet id")
+        wanted = bytes.fromhex(value)
+        for fleet_id, name in self.fleet_ids.items():
+            if hmac.compare_digest(fleet_id, wanted):
+                return name
+        raise ApiError(400, "bad_request", f"{FLEET_HEADER} names no fleet of this gateway")
 
     def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> bytes:
         """1. a bearer token is present; 2. it verifies; 3. its user has budget left."""
@@ -243,7 +274,10 @@ async def fleet_keys(
 ) -> FleetKeysBody:
     """The public keys of the caller's fleet (the default fleet without a token)."""
     gateway = _gateway(request)
-    name = gateway.config.default_fleet if user_id is None else gateway.ring.fleet_for(user_id)
+    if user_id is None:
+        name = gateway.config.default_fleet
+    else:
+        name = await run_in_threadpool(gateway.relay.fleet_of, user_id)
     keys = gateway.fleets[name].public_keys
     if keys is None:
         raise ApiError(503, "unavailable", "the fleet's public keys are not configured")
@@ -254,17 +288,35 @@ async def fleet_keys(
     "/v1/vault",
     response_class=Response,
     tags=["vault"],
-    openapi_extra=_octet_body("one wire.hsm_api request"),
+    openapi_extra={
+        **_octet_body("one wire.hsm_api request"),
+        "parameters": [
+            {
+                "in": "header",
+                "name": FLEET_HEADER,
+                "required": False,
+                "description": (
+                    "the id (64 hex digits) of a configured fleet to send this request to"
+                    " instead of the user's (ADR 0013: moving a user off a retiring fleet);"
+                    " any other value is a 400"
+                ),
+                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+            }
+        ],
+    },
     responses={
         200: {"content": {_OCTET: {"schema": _BINARY}}, "description": "its wire response"},
         **error_responses(400, 401, 403, 413, 429, 503),
     },
 )
 async def vault(request: Request, user_id: _UserId) -> Response:
-    """Relay one wire request to the user's fleet (ADR 0008, relay rules)."""
+    """Relay one wire request to the user's fleet (ADR 0008, relay rules), or to the
+    fleet the ``Hsmvault-Fleet`` header names (ADR 0013)."""
     gateway = _gateway(request)
+    # Read here (documented in openapi_extra): a declared header would add a 422 schema.
+    named = gateway.named_fleet(request.headers.get(FLEET_HEADER))
     body = await _read_body(request, gateway.config.max_vault_request)
-    raw = await run_in_threadpool(gateway.relay.relay, user_id, body)
+    raw = await run_in_threadpool(lambda: gateway.relay.relay(user_id, body, fleet=named))
     return Response(content=raw, media_type=_OCTET)
 
 
@@ -384,12 +436,21 @@ def create_app(
     limits, session expiry and timestamps."""
     if set(fleets) != set(config.fleets):
         raise InvalidParameter("fleets must have exactly the names of config.fleets")
-    ring = FleetRing(config.fleets)
+    assignments = metadata if isinstance(metadata, FleetAssignmentStore) else None
+    router = FleetRouter(config.fleets, retiring=config.retiring_fleets, assignments=assignments)
+    fleet_ids: dict[bytes, str] = {}
+    for name, client in fleets.items():
+        keys = client.public_keys
+        if keys is not None:
+            if keys.fleet_id in fleet_ids:
+                raise InvalidParameter("two routing-table entries are the same fleet")
+            fleet_ids[keys.fleet_id] = name
     sessions = SessionTable(ttl=config.session_ttl, max_entries=config.max_sessions, clock=clock)
     gateway = _Gateway(
         config=config,
         fleets=dict(fleets),
-        ring=ring,
+        router=router,
+        fleet_ids=fleet_ids,
         verifier=TokenVerifier(
             config.issuer_public_keys,
             issuer=config.issuer,
@@ -398,7 +459,7 @@ def create_app(
             leeway=config.leeway,
             clock=clock,
         ),
-        relay=VaultRelay(fleets, ring, sessions),
+        relay=VaultRelay(fleets, router, sessions, assignments=assignments, clock=clock),
         backups=BackupService(blobs, metadata, max_backup_size=config.max_backup_size, clock=clock),
         user_buckets=TokenBuckets(config.user_rate, clock=clock),
         address_buckets=TokenBuckets(config.address_rate, clock=clock),

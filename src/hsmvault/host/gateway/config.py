@@ -28,6 +28,9 @@ Load it from the ``[gateway]`` table of a TOML file::
     [gateway.fleets]                             # the routing table: name -> fleet dir
     default = "/var/lib/hsmvault/fleet"
 
+    # fleet rotation (ADR 0013): names in [gateway.fleets] that take no new users
+    # retiring_fleets = ["old"]
+
 ``GatewayConfig.from_toml(tomllib.load(f)["gateway"])`` or
 ``GatewayConfig.from_toml_file(path)``. Unknown keys are refused
 (:class:`~hsmvault.errors.InvalidParameter`): a typo must not silently fall back to a
@@ -101,6 +104,10 @@ class GatewayConfig:
     * ``max_vault_request`` — bytes of one wire request (the largest is ~2.2 KiB).
     * ``fleets`` — the routing table, fleet name → fleet directory (``fleet.json``);
       users are spread over the names by consistent hashing (:mod:`hsmvault.host.routing`).
+    * ``retiring_fleets`` — names in ``fleets`` that take no new users (ADR 0013): their
+      users stay until the SDK moves them at their next recovery; everyone else without
+      a fleet assignment goes to the other (*active*) fleets. At least one fleet must
+      stay active, and ``default_fleet`` must be one.
     * ``default_fleet`` — the fleet whose keys ``GET /v1/fleet`` shows without a token.
     * ``passkey_rp_id`` — the WebAuthn relying party id of ``/v1/passkeys`` (ADR 0011):
       a domain name (``localhost`` by default), never an IP address.
@@ -123,6 +130,7 @@ class GatewayConfig:
     max_backup_size: int = 64 * 1024**3
     max_vault_request: int = 64 * 1024
     fleets: Mapping[str, str] = field(default_factory=lambda: _frozen({"default": "fleet"}))
+    retiring_fleets: tuple[str, ...] = ()
     default_fleet: str = "default"
     passkey_rp_id: str = "localhost"
     passkey_origins: tuple[str, ...] = ()
@@ -152,6 +160,21 @@ class GatewayConfig:
             raise InvalidParameter("fleets: the routing table needs at least one fleet")
         if self.default_fleet not in self.fleets:
             raise InvalidParameter("default_fleet must be a name in fleets")
+        self._check_retiring()
+
+    def _check_retiring(self) -> None:
+        """``retiring_fleets``: distinct names of ``fleets``, not all of them, not the
+        default fleet (ADR 0013)."""
+        if isinstance(self.retiring_fleets, str):
+            raise InvalidParameter("retiring_fleets is a list of fleet names")
+        object.__setattr__(self, "retiring_fleets", tuple(self.retiring_fleets))
+        retiring = set(self.retiring_fleets)
+        if len(retiring) != len(self.retiring_fleets) or not retiring <= set(self.fleets):
+            raise InvalidParameter("retiring_fleets must be distinct names in fleets")
+        if retiring == set(self.fleets):
+            raise InvalidParameter("retiring_fleets: at least one fleet must stay active")
+        if self.default_fleet in retiring:
+            raise InvalidParameter("default_fleet must be an active (not retiring) fleet")
 
     # ------------------------------------------------------------------ loading
 

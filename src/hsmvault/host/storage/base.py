@@ -17,6 +17,7 @@ __all__ = [
     "PASSKEY_CEREMONIES",
     "BackupMeta",
     "BlobStore",
+    "FleetAssignmentStore",
     "MetadataStore",
     "PasskeyChallenge",
     "PasskeyRecord",
@@ -214,3 +215,35 @@ class PasskeyStore(Protocol):
     def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None: ...
 
     def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None: ...
+
+
+# --------------------------------------------------------------------------- fleet routing
+
+
+@runtime_checkable
+class FleetAssignmentStore(Protocol):
+    """Which fleet holds each registered user's vault record (ADR 0013), kept by the
+    metadata store. The gateway routes a user with an assignment to that fleet, a user
+    without one to the active fleets. Fleet names are the gateway config's routing-table
+    names (1..128 printable characters). Every adapter passes
+    ``tests/host/storage/test_assignment_contract.py``.
+
+    Contract:
+
+    * ``set_fleet_assignment`` inserts or replaces the user's assignment (last write
+      wins); ``get_fleet_assignment`` returns it, or ``None``.
+    * ``clear_fleet_assignment`` removes the assignment only while it still names
+      ``fleet`` (a compare-and-delete: a user who already moved keeps the new one) and
+      says whether it did.
+    * ``count_fleet_assignments`` is how many users are assigned to ``fleet`` (how many
+      still have to move before a retiring fleet is decommissioned).
+    * Bad user ids or fleet names raise :class:`~hsmvault.errors.InvalidParameter`.
+    """
+
+    def get_fleet_assignment(self, user_id: bytes) -> str | None: ...
+
+    def set_fleet_assignment(self, user_id: bytes, fleet: str, assigned_at: float) -> None: ...
+
+    def clear_fleet_assignment(self, user_id: bytes, fleet: str) -> bool: ...
+
+    def count_fleet_assignments(self, fleet: str) -> int: ...

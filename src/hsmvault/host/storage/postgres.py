@@ -12,6 +12,8 @@ Same schema and semantics as :mod:`.sqlite`:
 * ``commit_upload`` deletes the upload row and upserts the backup row in one transaction.
 * It is also the gateway's :class:`~hsmvault.host.storage.base.PasskeyStore` (schema 2);
   its compare-and-set writes are single conditional ``UPDATE`` statements.
+* And its :class:`~hsmvault.host.storage.base.FleetAssignmentStore` (schema 3, ADR 0013):
+  an upsert and a conditional ``DELETE``, one statement each.
 
 ``dsn`` is a libpq connection string or URI (``host=127.0.0.1 port=5432 dbname=vault``).
 """
@@ -64,6 +66,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     sql_common.passkey_tables(
         blob="BYTEA", bigint="BIGINT", real="DOUBLE PRECISION", boolean="BOOLEAN"
     ),
+    # 3: which fleet holds each user's vault record (ADR 0013)
+    sql_common.fleet_assignment_tables(blob="BYTEA", real="DOUBLE PRECISION"),
 )
 
 # An arbitrary constant: the advisory lock that serializes migrations.
@@ -278,6 +282,26 @@ class PostgresMetadataStore:
         # A conditional UPDATE: of racing transactions, one matches ``consumed = false``.
         with self._transaction() as conn:
             return sql_common.consume_challenge(_PgTx(conn), user_id, challenge)
+
+    # -- FleetAssignmentStore (ADR 0013) ----------------------------------------------
+
+    def get_fleet_assignment(self, user_id: bytes) -> str | None:
+        with self._pool.connection() as conn:
+            return sql_common.get_fleet_assignment(_PgTx(conn), user_id)
+
+    def set_fleet_assignment(self, user_id: bytes, fleet: str, assigned_at: float) -> None:
+        sql_common.check_fleet_assignment(user_id, fleet)
+        with self._transaction() as conn:  # one upsert: atomic on its own
+            sql_common.set_fleet_assignment(_PgTx(conn), user_id, fleet, assigned_at)
+
+    def clear_fleet_assignment(self, user_id: bytes, fleet: str) -> bool:
+        sql_common.check_fleet_assignment(user_id, fleet)
+        with self._transaction() as conn:
+            return sql_common.clear_fleet_assignment(_PgTx(conn), user_id, fleet)
+
+    def count_fleet_assignments(self, fleet: str) -> int:
+        with self._pool.connection() as conn:
+            return sql_common.count_fleet_assignments(_PgTx(conn), fleet)
 
     def close(self) -> None:
         self._pool.close()

@@ -19,6 +19,7 @@ from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyReco
 from hsmvault.host.storage.validation import (
     check_backup_id,
     check_credential_id,
+    check_fleet_name,
     check_passkey_challenge,
     check_passkey_record,
     check_prf_salt,
@@ -36,19 +37,24 @@ __all__ = [
     "add_passkey",
     "backup_from_row",
     "challenge_from_row",
+    "check_fleet_assignment",
     "check_passkey_challenge",
     "check_passkey_ids",
     "check_passkey_record",
     "check_passkey_update",
     "check_upload",
+    "clear_fleet_assignment",
     "commit_upload",
     "consume_challenge",
+    "count_fleet_assignments",
     "create_upload",
     "decode_offered_salts",
     "delete_backup",
     "delete_passkey",
     "encode_offered_salts",
+    "fleet_assignment_tables",
     "get_backup",
+    "get_fleet_assignment",
     "get_passkey",
     "get_upload",
     "list_backups",
@@ -58,6 +64,7 @@ __all__ = [
     "passkey_tables",
     "put_challenge",
     "pyformat",
+    "set_fleet_assignment",
     "update_passkey",
     "upload_from_row",
 ]
@@ -519,3 +526,58 @@ def consume_challenge(tx: Tx, user_id: bytes, challenge: bytes) -> PasskeyChalle
 def check_passkey_ids(user_id: bytes, credential_id: bytes) -> None:
     check_user_id(user_id)
     check_credential_id(credential_id)
+
+
+# -- fleet assignments (ADR 0013) -------------------------------------------------------
+
+
+def fleet_assignment_tables(*, blob: str, real: str) -> tuple[str, ...]:
+    """The fleet assignment table's DDL with the engine's type names filled in."""
+    return (
+        f"""CREATE TABLE fleet_assignments (
+            user_id     {blob} NOT NULL PRIMARY KEY,
+            fleet       TEXT   NOT NULL,
+            assigned_at {real} NOT NULL
+        )""",
+        "CREATE INDEX fleet_assignments_by_fleet ON fleet_assignments (fleet)",
+    )
+
+
+_SELECT_ASSIGNMENT = "SELECT fleet FROM fleet_assignments WHERE user_id = ?"
+_UPSERT_ASSIGNMENT = (
+    "INSERT INTO fleet_assignments (user_id, fleet, assigned_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (user_id) DO UPDATE SET fleet = excluded.fleet, "
+    "assigned_at = excluded.assigned_at"
+)
+_CLEAR_ASSIGNMENT = (
+    "DELETE FROM fleet_assignments WHERE user_id = ? AND fleet = ? RETURNING user_id"
+)
+_COUNT_ASSIGNMENTS = "SELECT COUNT(*) FROM fleet_assignments WHERE fleet = ?"
+
+
+def check_fleet_assignment(user_id: bytes, fleet: str) -> None:
+    """The argument checks of the assignment calls (before any transaction)."""
+    check_user_id(user_id)
+    check_fleet_name(fleet)
+
+
+def get_fleet_assignment(tx: Tx, user_id: bytes) -> str | None:
+    check_user_id(user_id)
+    row = tx.fetchone(_SELECT_ASSIGNMENT, (user_id,))
+    return None if row is None else str(row[0])
+
+
+def set_fleet_assignment(tx: Tx, user_id: bytes, fleet: str, assigned_at: float) -> None:
+    """Insert or replace (arguments already checked by :func:`check_fleet_assignment`)."""
+    tx.execute(_UPSERT_ASSIGNMENT, (user_id, fleet, float(assigned_at)))
+
+
+def clear_fleet_assignment(tx: Tx, user_id: bytes, fleet: str) -> bool:
+    """Delete the assignment if it still names ``fleet``; whether it did."""
+    return bool(tx.fetchall(_CLEAR_ASSIGNMENT, (user_id, fleet)))
+
+
+def count_fleet_assignments(tx: Tx, fleet: str) -> int:
+    check_fleet_name(fleet)
+    row = tx.fetchone(_COUNT_ASSIGNMENTS, (fleet,))
+    return 0 if row is None else int(row[0])

@@ -13,6 +13,8 @@
   row, so a crash before it leaves the previous backup current and the upload resumable.
 * It is also the gateway's :class:`~hsmvault.host.storage.base.PasskeyStore` (schema 2):
   every passkey write is one ``BEGIN IMMEDIATE`` transaction.
+* And its :class:`~hsmvault.host.storage.base.FleetAssignmentStore` (schema 3, ADR 0013):
+  one row per user, each write one ``BEGIN IMMEDIATE`` transaction.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: passkeys and their challenges (ADR 0011)
     sql_common.passkey_tables(blob="BLOB", bigint="INTEGER", real="REAL", boolean="INTEGER"),
+    # 3: which fleet holds each user's vault record (ADR 0013)
+    sql_common.fleet_assignment_tables(blob="BLOB", real="REAL"),
 )
 
 
@@ -230,6 +234,24 @@ class SqliteMetadataStore:
     def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
         with self._write() as conn:
             return sql_common.consume_challenge(_SqliteTx(conn), user_id, challenge)
+
+    # -- FleetAssignmentStore (ADR 0013) ----------------------------------------------
+
+    def get_fleet_assignment(self, user_id: bytes) -> str | None:
+        return sql_common.get_fleet_assignment(_SqliteTx(self._conn()), user_id)
+
+    def set_fleet_assignment(self, user_id: bytes, fleet: str, assigned_at: float) -> None:
+        sql_common.check_fleet_assignment(user_id, fleet)
+        with self._write() as conn:
+            sql_common.set_fleet_assignment(_SqliteTx(conn), user_id, fleet, assigned_at)
+
+    def clear_fleet_assignment(self, user_id: bytes, fleet: str) -> bool:
+        sql_common.check_fleet_assignment(user_id, fleet)
+        with self._write() as conn:
+            return sql_common.clear_fleet_assignment(_SqliteTx(conn), user_id, fleet)
+
+    def count_fleet_assignments(self, fleet: str) -> int:
+        return sql_common.count_fleet_assignments(_SqliteTx(self._conn()), fleet)
 
     def close(self) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ __all__ = [
     "check_blob_key",
     "check_chunk_size",
     "check_credential_id",
+    "check_fleet_name",
     "check_passkey_challenge",
     "check_passkey_record",
     "check_prf_salt",
@@ -75,6 +76,21 @@ def check_user_id(user_id: bytes) -> bytes:
     if not isinstance(user_id, bytes) or not 1 <= len(user_id) <= 255:
         raise InvalidParameter("user_id must be 1..255 bytes")
     return user_id
+
+
+#: Fleet names (the gateway config's routing-table names) as stored in assignments.
+MAX_FLEET_NAME_LEN = 128
+
+
+def check_fleet_name(name: str) -> str:
+    """A routing-table fleet name: 1..128 printable characters (ADR 0013)."""
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= MAX_FLEET_NAME_LEN
+        or not name.isprintable()
+    ):
+        raise InvalidParameter(f"fleet name must be 1..{MAX_FLEET_NAME_LEN} printable characters")
+    return name
 
 
 def check_backup_id(backup_id: str) -> str:

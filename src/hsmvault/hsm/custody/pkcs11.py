@@ -325,6 +325,13 @@ class Pkcs11Custody(KeyCustody):
             raise CustodyError("identity public key in the token is invalid") from None
         return sealing, private, identity
 
+    def identity_key_object(self) -> PrivateKey:
+        """The token's identity private-key *object* (a handle, not the key: its value
+        never leaves the token), so the key ceremony can read its protection attributes
+        for the attestation statement (ADR 0012)."""
+        self._check_open()
+        return self._signing_key
+
     # -- primitives ---------------------------------------------------------------------
 
     def _live_session(self) -> Session:

@@ -32,7 +32,7 @@ from hsmvault.client.bundle_verifier import BundleVerifier, PinnedWitnessKey, Tr
 from hsmvault.client.trust_store import MemoryTrustStore
 from hsmvault.fleet.fleet_keys import FleetSecretKeys
 from hsmvault.transparency.artifact import FleetEntry, FleetKeyArtifact
-from hsmvault.transparency.bundle import InclusionEvidence, ValidationBundle, WitnessSignature
+from hsmvault.transparency.bundle import InclusionEvidence, bundle_from_audit
 from hsmvault.transparency.operator_messages import countersignature_message, submission_message
 from hsmvault.transparency.signed_note import Verifier
 from hsmvault.transparency.witness import Witness, init_data_dir
@@ -89,19 +89,10 @@ def run(epochs: int, verifies: int) -> dict[str, float]:
                 previous = digest
             witness_s = (time.perf_counter() - start) / epochs
             size = witness.tree_size
-            bundle = ValidationBundle(
-                artifact=entry.artifact,
-                witness=WitnessSignature(
-                    ciphersuite=entry.ciphersuite,
-                    namespace=entry.namespace,
-                    timestamp=entry.timestamp,
-                    epoch=entry.epoch,
-                    digest=entry.digest,
-                    key_id=entry.key_id,
-                    signature=entry.signature,
-                ),
-                operator_signature=operator.sign(countersignature_message(entry.signature)),
-                inclusion=InclusionEvidence(
+            bundle = bundle_from_audit(
+                entry,
+                operator.sign(countersignature_message(entry.signature)),
+                InclusionEvidence(
                     leaf_index=entry.leaf_index,
                     tree_size=size,
                     proof=tuple(witness.inclusion_proof(entry.leaf_index, size)),

@@ -15,7 +15,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,14 @@ class UpProcess:
         )
         return CliResult(done.returncode, done.stdout.decode(), done.stderr.decode())
 
+    def secret(
+        self, *args: str, user: str | None = None, stdin: str, device: Path | None = None
+    ) -> CliResult:
+        """``hsmvault secret ARGS... --secret-stdin [--user USER]`` with ``stdin`` (the
+        secret, or the old and the new one, one a line) on its standard input."""
+        who = () if user is None else ("--user", user)
+        return self.cli("secret", *args, "--secret-stdin", *who, stdin=stdin, device=device)
+
     def stop(self) -> None:
         """SIGTERM ``up`` (SIGKILL after 30 s), then kill leftover node processes."""
         proc = self.proc
@@ -142,6 +150,22 @@ class UpProcess:
                 proc.stdout.close()
             self.proc = None
         kill_leftover_nodes(self.data_dir)
+
+
+def serving(deployment: UpProcess) -> Iterator[UpProcess]:
+    """Start ``deployment``, yield it, and stop it afterwards (a module fixture's body:
+    ``yield from serving(UpProcess(...))``)."""
+    deployment.start()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def ok(result: CliResult) -> CliResult:
+    """``result``, asserting that the command exited 0 (its output in the message)."""
+    assert result.code == 0, (result.stdout, result.stderr)
+    return result
 
 
 def kill_leftover_nodes(data_dir: Path) -> list[int]:

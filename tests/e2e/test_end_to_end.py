@@ -34,7 +34,7 @@ from hsmvault.fleet.fleet_keys import FleetPublicKeys
 from hsmvault.transparency.errors import StaleBundle
 from hsmvault.transparency.witness_client import WitnessClient
 
-from .harness import CliResult, UpProcess, tree_digest
+from .harness import UpProcess, ok, serving, tree_digest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,17 +46,7 @@ EXIT_LOCKED_OUT = 4
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     root = tmp_path_factory.mktemp("e2e")
-    deployment = UpProcess([sys.executable, "-m", "hsmvault.cli.main"], root / "data")
-    deployment.start()
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
-
-
-def _ok(result: CliResult) -> CliResult:
-    assert result.code == 0, (result.stdout, result.stderr)
-    return result
+    yield from serving(UpProcess([sys.executable, "-m", "hsmvault.cli.main"], root / "data"))
 
 
 def _sample_tree(root: Path) -> Path:
@@ -84,7 +74,7 @@ def test_up_reports_a_healthy_fleet_in_three_regions(up: UpProcess) -> None:
     assert witness["operator_custody"] == "software"
     assert (up.data_dir / "operator" / "operator.seed").stat().st_mode & 0o077 == 0
     assert any("published epoch 1" in e.get("message", "") for e in up.events)
-    status = _ok(up.cli("status", "--json")).json()
+    status = ok(up.cli("status", "--json")).json()
     assert status["witness"]["epoch"] == 1
     assert status["witness"]["operator_public_key"] == witness["operator_public_key"]
     assert status["running"] is True
@@ -97,19 +87,8 @@ def test_directory_backup_restores_byte_identical_on_a_fresh_client(
 ) -> None:
     source = _sample_tree(tmp_path / "source")
     phone = tmp_path / "phone"
-    _ok(
-        up.cli(
-            "secret",
-            "set",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "ada",
-            stdin=PIN + "\n",
-            device=phone,
-        )
-    )
-    made = _ok(
+    ok(up.secret("set", "--pin", user="ada", stdin=PIN + "\n", device=phone))
+    made = ok(
         up.cli(
             "backup",
             "create",
@@ -123,7 +102,7 @@ def test_directory_backup_restores_byte_identical_on_a_fresh_client(
         )
     ).json()
     assert made["backup_id"] == "chats"
-    listed = _ok(up.cli("backup", "list", "--json", "--user", "ada", device=phone)).json()
+    listed = ok(up.cli("backup", "list", "--json", "--user", "ada", device=phone)).json()
     assert [b["backup_id"] for b in listed["backups"]] == ["chats"]
 
     fresh = tmp_path / "fresh-phone"
@@ -132,34 +111,13 @@ def test_directory_backup_restores_byte_identical_on_a_fresh_client(
     )
     assert restore.code == 1
     assert "no backup key" in restore.stderr
-    wrong = up.cli(
-        "secret",
-        "recover",
-        "--pin",
-        "--secret-stdin",
-        "--json",
-        "--user",
-        "ada",
-        stdin="000000\n",
-        device=fresh,
-    )
+    wrong = up.secret("recover", "--pin", "--json", user="ada", stdin="000000\n", device=fresh)
     assert wrong.code == EXIT_WRONG_SECRET
     assert wrong.json()["error"] == "invalid_login"
     assert wrong.json()["attempts_remaining"] == 9
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "ada",
-            stdin=PIN + "\n",
-            device=fresh,
-        )
-    )
+    ok(up.secret("recover", "--pin", user="ada", stdin=PIN + "\n", device=fresh))
     dest = tmp_path / "restored"
-    done = _ok(
+    done = ok(
         up.cli("backup", "restore", "chats", str(dest), "--json", "--user", "ada", device=fresh)
     ).json()
     assert done["files"] == 4
@@ -168,41 +126,12 @@ def test_directory_backup_restores_byte_identical_on_a_fresh_client(
 
 def test_password_mode(up: UpProcess, tmp_path: Path) -> None:
     password = "correct horse battery staple"
-    _ok(
-        up.cli(
-            "secret",
-            "set",
-            "--password",
-            "--secret-stdin",
-            "--user",
-            "pat",
-            stdin=password + "\n",
-            device=tmp_path / "a",
-        )
-    )
-    bad = up.cli(
-        "secret",
-        "recover",
-        "--password",
-        "--secret-stdin",
-        "--user",
-        "pat",
-        stdin="Tr0ub4dor&3\n",
-        device=tmp_path / "b",
+    ok(up.secret("set", "--password", user="pat", stdin=password + "\n", device=tmp_path / "a"))
+    bad = up.secret(
+        "recover", "--password", user="pat", stdin="Tr0ub4dor&3\n", device=tmp_path / "b"
     )
     assert bad.code == EXIT_WRONG_SECRET
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--password",
-            "--secret-stdin",
-            "--user",
-            "pat",
-            stdin=password + "\n",
-            device=tmp_path / "b",
-        )
-    )
+    ok(up.secret("recover", "--password", user="pat", stdin=password + "\n", device=tmp_path / "b"))
     assert (tmp_path / "a" / "backup-key.wrapped").exists()
     assert (tmp_path / "b" / "backup-key.wrapped").exists()
 
@@ -210,29 +139,18 @@ def test_password_mode(up: UpProcess, tmp_path: Path) -> None:
 def test_recovery_code_mode(up: UpProcess, tmp_path: Path) -> None:
     source = tmp_path / "notes.txt"
     source.write_text("recovery codes work\n")
-    made = _ok(
+    made = ok(
         up.cli("secret", "set", "--recovery-code", "--json", "--user", "rc", device=tmp_path / "a")
     ).json()
     code = made["recovery_code"]
     assert len(code.replace("-", "").replace(" ", "")) >= 25
-    _ok(
+    ok(
         up.cli(
             "backup", "create", str(source), "--id", "notes", "--user", "rc", device=tmp_path / "a"
         )
     )
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--recovery-code",
-            "--secret-stdin",
-            "--user",
-            "rc",
-            stdin=code + "\n",
-            device=tmp_path / "b",
-        )
-    )
-    _ok(
+    ok(up.secret("recover", "--recovery-code", user="rc", stdin=code + "\n", device=tmp_path / "b"))
+    ok(
         up.cli(
             "backup",
             "restore",
@@ -250,12 +168,12 @@ def test_64_digit_key_recovers_without_any_server(up: UpProcess, tmp_path: Path)
     source = tmp_path / "src"
     source.mkdir()
     (source / "wallet.dat").write_bytes(os.urandom(4096))
-    shown = _ok(
+    shown = ok(
         up.cli("secret", "set", "--64-digit-key", "--json", "--user", "kim", device=tmp_path / "a")
     ).json()
     digits = shown["key"]
     assert len(digits.replace(" ", "")) == 64
-    _ok(
+    ok(
         up.cli(
             "backup",
             "create",
@@ -268,21 +186,18 @@ def test_64_digit_key_recovers_without_any_server(up: UpProcess, tmp_path: Path)
         )
     )
     # the key comes back from the digits alone: the gateway named here does not exist
-    _ok(
-        up.cli(
-            "secret",
+    ok(
+        up.secret(
             "recover",
             "--64-digit-key",
-            "--secret-stdin",
-            "--user",
-            "kim",
             "--gateway-url",
             "http://127.0.0.1:9",
+            user="kim",
             stdin=digits + "\n",
             device=tmp_path / "b",
         )
     )
-    _ok(
+    ok(
         up.cli(
             "backup",
             "restore",
@@ -297,53 +212,11 @@ def test_64_digit_key_recovers_without_any_server(up: UpProcess, tmp_path: Path)
 
 
 def test_change_secret_then_only_the_new_pin_works(up: UpProcess, tmp_path: Path) -> None:
-    _ok(
-        up.cli(
-            "secret",
-            "set",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "cy",
-            stdin="111222\n",
-            device=tmp_path / "a",
-        )
-    )
-    _ok(
-        up.cli(
-            "secret",
-            "change",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "cy",
-            stdin="111222\n333444\n",
-            device=tmp_path / "a",
-        )
-    )
-    old = up.cli(
-        "secret",
-        "recover",
-        "--pin",
-        "--secret-stdin",
-        "--user",
-        "cy",
-        stdin="111222\n",
-        device=tmp_path / "b",
-    )
+    ok(up.secret("set", "--pin", user="cy", stdin="111222\n", device=tmp_path / "a"))
+    ok(up.secret("change", "--pin", user="cy", stdin="111222\n333444\n", device=tmp_path / "a"))
+    old = up.secret("recover", "--pin", user="cy", stdin="111222\n", device=tmp_path / "b")
     assert old.code == EXIT_WRONG_SECRET
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "cy",
-            stdin="333444\n",
-            device=tmp_path / "b",
-        )
-    )
+    ok(up.secret("recover", "--pin", user="cy", stdin="333444\n", device=tmp_path / "b"))
     assert (tmp_path / "b" / "backup-key.wrapped").exists()
 
 
@@ -351,15 +224,15 @@ def test_delete_removes_the_backup(up: UpProcess, tmp_path: Path) -> None:
     source = tmp_path / "f.txt"
     source.write_text("to be deleted")
     device = tmp_path / "a"
-    _ok(up.cli("secret", "set", "--64-digit-key", "--user", "del", device=device))
-    _ok(up.cli("backup", "create", str(source), "--id", "gone", "--user", "del", device=device))
-    assert _ok(
+    ok(up.cli("secret", "set", "--64-digit-key", "--user", "del", device=device))
+    ok(up.cli("backup", "create", str(source), "--id", "gone", "--user", "del", device=device))
+    assert ok(
         up.cli("backup", "delete", "gone", "--json", "--user", "del", device=device)
     ).json() == {
         "backup_id": "gone",
         "deleted": True,
     }
-    listed = _ok(up.cli("backup", "list", "--json", "--user", "del", device=device)).json()
+    listed = ok(up.cli("backup", "list", "--json", "--user", "del", device=device)).json()
     assert listed == {"backups": []}
     missing = up.cli(
         "backup", "restore", "gone", str(tmp_path / "out"), "--user", "del", device=device
@@ -369,16 +242,13 @@ def test_delete_removes_the_backup(up: UpProcess, tmp_path: Path) -> None:
 
 
 def test_lockout_after_the_guess_limit(up: UpProcess, tmp_path: Path) -> None:
-    _ok(
-        up.cli(
-            "secret",
+    ok(
+        up.secret(
             "set",
             "--pin",
-            "--secret-stdin",
             "--guess-limit",
             "3",
-            "--user",
-            "eve-target",
+            user="eve-target",
             stdin="975310\n",
             device=tmp_path / "a",
         )
@@ -386,85 +256,41 @@ def test_lockout_after_the_guess_limit(up: UpProcess, tmp_path: Path) -> None:
     attacker = tmp_path / "attacker"
     codes = []
     for guess in ("000001", "000002", "000003"):
-        result = up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            "--json",
-            "--user",
-            "eve-target",
-            stdin=guess + "\n",
-            device=attacker,
+        result = up.secret(
+            "recover", "--pin", "--json", user="eve-target", stdin=guess + "\n", device=attacker
         )
         codes.append((result.code, result.json()))
     assert [c for c, _ in codes] == [EXIT_WRONG_SECRET, EXIT_WRONG_SECRET, EXIT_LOCKED_OUT]
     assert [d.get("attempts_remaining") for _, d in codes[:2]] == [2, 1]
     assert codes[2][1]["error"] == "locked_out"
-    right = up.cli(
-        "secret",
-        "recover",
-        "--pin",
-        "--secret-stdin",
-        "--user",
-        "eve-target",
-        stdin="975310\n",
-        device=attacker,
-    )
+    right = up.secret("recover", "--pin", user="eve-target", stdin="975310\n", device=attacker)
     assert right.code == EXIT_LOCKED_OUT
     assert not (attacker / "backup-key.wrapped").exists()
 
 
 def test_fleet_serves_with_two_nodes_down(up: UpProcess, tmp_path: Path) -> None:
-    _ok(
-        up.cli(
-            "secret",
-            "set",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "two",
-            stdin=PIN + "\n",
-            device=tmp_path / "a",
-        )
-    )
-    leader = _ok(up.cli("status", "--json")).json()["leader"]
+    ok(up.secret("set", "--pin", user="two", stdin=PIN + "\n", device=tmp_path / "a"))
+    leader = ok(up.cli("status", "--json")).json()["leader"]
     down = [leader, (leader + 1) % 5]
     try:
         for index in down:
-            stopped = _ok(up.cli("node", "stop", str(index), "--json")).json()
+            stopped = ok(up.cli("node", "stop", str(index), "--json")).json()
             assert stopped["status"]["nodes"][index]["state"] == "stopped"
-        result = up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "two",
-            stdin=PIN + "\n",
-            device=tmp_path / "b",
-        )
+        result = up.secret("recover", "--pin", user="two", stdin=PIN + "\n", device=tmp_path / "b")
         for _ in range(20):  # a new leader is being elected: the CLI says "unavailable"
             if result.code != 5:
                 break
-            result = up.cli(
-                "secret",
-                "recover",
-                "--pin",
-                "--secret-stdin",
-                "--user",
-                "two",
-                stdin=PIN + "\n",
-                device=tmp_path / "b",
+            result = up.secret(
+                "recover", "--pin", user="two", stdin=PIN + "\n", device=tmp_path / "b"
             )
-        _ok(result)
-        status = _ok(up.cli("status", "--json")).json()
+        ok(result)
+        status = ok(up.cli("status", "--json")).json()
         assert status["nodes_up"] == 3
         assert status["health"] == "degraded"
     finally:
         for index in down:
-            _ok(up.cli("node", "start", str(index), "--json"))
-    assert _ok(up.cli("status", "--json")).json()["nodes_up"] == 5
+            ok(up.cli("node", "start", str(index), "--json"))
+    assert ok(up.cli("status", "--json")).json()["nodes_up"] == 5
 
 
 def _pins(up: UpProcess, device: Path) -> DevicePins:
@@ -473,39 +299,28 @@ def _pins(up: UpProcess, device: Path) -> DevicePins:
 
 def test_a_published_epoch_is_audited_and_devices_follow_it(up: UpProcess, tmp_path: Path) -> None:
     device = tmp_path / "phone"
-    first = up.cli(
-        "secret", "set", "--pin", "--secret-stdin", "--user", "pub", stdin=PIN + "\n", device=device
-    )
-    _ok(first)
+    first = up.secret("set", "--pin", user="pub", stdin=PIN + "\n", device=device)
+    ok(first)
     assert "pinned at first use" in first.stdout + first.stderr
     pins = json.loads((device / "trust.json").read_text())
     assert pins["namespace"] == "hsmvault/local"
     assert pins["operator_public_keys"] == [up.ready["witness"]["operator_public_key"]]
-    before = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
-    audit = _ok(up.cli("audit", "log", "--json", device=device)).json()
+    before = ok(up.cli("status", "--json")).json()["witness"]["epoch"]
+    audit = ok(up.cli("audit", "log", "--json", device=device)).json()
     assert [e["epoch"] for e in audit["epochs"]] == list(range(1, before + 1))
     assert audit["epochs"][0]["fleets"][0]["fleet_id"] == up.ready["fleet_id"]
 
-    published = _ok(up.cli("fleet", "publish-keys", "--json")).json()
+    published = ok(up.cli("fleet", "publish-keys", "--json")).json()
     assert published["epoch"] == before + 1
     assert published["installed"] == [{"fleet_id": up.ready["fleet_id"], "epoch": before + 1}]
     # the device that accepted the old epoch accepts the new one (the log grew consistently)
-    again = up.cli(
-        "secret",
-        "recover",
-        "--pin",
-        "--secret-stdin",
-        "--user",
-        "pub",
-        stdin=PIN + "\n",
-        device=device,
-    )
-    _ok(again)
+    again = up.secret("recover", "--pin", user="pub", stdin=PIN + "\n", device=device)
+    ok(again)
     assert "pinned at first use" not in again.stdout + again.stderr  # never refetched
     store = FileTrustStore(device / "trust-store.json").get("hsmvault/local")
     assert store is not None
     assert store.highest_epoch == before + 1
-    audit = _ok(up.cli("audit", "log", "--json", device=device)).json()
+    audit = ok(up.cli("audit", "log", "--json", device=device)).json()
     assert audit["consistency"]["status"] == "consistent"
     # a re-publication: at most a new issued_at, the same fleet keys
     assert {c["kind"] for c in audit["epochs"][-1]["changes"]} <= {"reissued"}
@@ -513,20 +328,10 @@ def test_a_published_epoch_is_audited_and_devices_follow_it(up: UpProcess, tmp_p
 
 def test_a_device_that_saw_a_higher_epoch_refuses_the_fleet(up: UpProcess, tmp_path: Path) -> None:
     device = tmp_path / "rolled"
-    current = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
+    current = ok(up.cli("status", "--json")).json()["witness"]["epoch"]
     _pins(up, device)
     FileTrustStore(device / "trust-store.json").put("hsmvault/local", NamespaceTrust(current + 5))
-    refused = up.cli(
-        "secret",
-        "set",
-        "--pin",
-        "--secret-stdin",
-        "--json",
-        "--user",
-        "roll",
-        stdin=PIN + "\n",
-        device=device,
-    )
+    refused = up.secret("set", "--pin", "--json", user="roll", stdin=PIN + "\n", device=device)
     assert refused.code == 1
     assert refused.json()["error"] == "epoch_rollback"
     assert not (device / "backup-key.wrapped").exists()
@@ -535,18 +340,7 @@ def test_a_device_that_saw_a_higher_epoch_refuses_the_fleet(up: UpProcess, tmp_p
     assert state is not None
     assert state.highest_epoch == current + 5
     # a device without that memory is served
-    _ok(
-        up.cli(
-            "secret",
-            "set",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "roll",
-            stdin=PIN + "\n",
-            device=tmp_path / "fresh",
-        )
-    )
+    ok(up.secret("set", "--pin", user="roll", stdin=PIN + "\n", device=tmp_path / "fresh"))
 
 
 class _CountingTrust:
@@ -625,21 +419,10 @@ def test_passkeys_through_the_deployment_gateway(up: UpProcess) -> None:
 def test_restart_keeps_every_backup_and_secret(up: UpProcess, tmp_path: Path) -> None:
     source = _sample_tree(tmp_path / "source")
     device = tmp_path / "a"
-    _ok(
-        up.cli(
-            "secret",
-            "set",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "rst",
-            stdin=PIN + "\n",
-            device=device,
-        )
-    )
-    _ok(up.cli("backup", "create", str(source), "--id", "keep", "--user", "rst", device=device))
+    ok(up.secret("set", "--pin", user="rst", stdin=PIN + "\n", device=device))
+    ok(up.cli("backup", "create", str(source), "--id", "keep", "--user", "rst", device=device))
     fleet_id = up.ready["fleet_id"]
-    epoch = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
+    epoch = ok(up.cli("status", "--json")).json()["witness"]["epoch"]
     up.stop()
     stopped = up.cli("status", "--json").json()
     assert stopped["running"] is False
@@ -650,19 +433,8 @@ def test_restart_keeps_every_backup_and_secret(up: UpProcess, tmp_path: Path) ->
     # the installed bundle is fresh: nothing is re-published at this start
     assert again["witness"]["epoch"] == epoch
     assert not any("publishing" in e.get("message", "") for e in up.events[logged:])
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            "--user",
-            "rst",
-            stdin=PIN + "\n",
-            device=tmp_path / "b",
-        )
-    )
-    _ok(
+    ok(up.secret("recover", "--pin", user="rst", stdin=PIN + "\n", device=tmp_path / "b"))
+    ok(
         up.cli(
             "backup",
             "restore",

@@ -22,7 +22,7 @@ from hsmvault.host.fleet_client import FleetClient
 from hsmvault.host.publisher import read_installed_bundle
 from hsmvault.transparency.bundle import ValidationBundle
 
-from .harness import CliResult, UpProcess
+from .harness import UpProcess, ok, serving
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,21 +32,13 @@ PIN = "731902"
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     root = tmp_path_factory.mktemp("e2e-softhsm")
-    deployment = UpProcess(
-        [sys.executable, "-m", "hsmvault.cli.main"],
-        root / "data",
-        extra_env={"HSMVAULT_OPERATOR_CUSTODY": "softhsm", "HSMVAULT_NODES": "3"},
+    yield from serving(
+        UpProcess(
+            [sys.executable, "-m", "hsmvault.cli.main"],
+            root / "data",
+            extra_env={"HSMVAULT_OPERATOR_CUSTODY": "softhsm", "HSMVAULT_NODES": "3"},
+        )
     )
-    deployment.start()
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
-
-
-def _ok(result: CliResult) -> CliResult:
-    assert result.code == 0, (result.stdout, result.stderr)
-    return result
 
 
 def test_the_operator_key_lives_in_a_softhsm2_token(up: UpProcess, tmp_path: Path) -> None:
@@ -69,20 +61,11 @@ def test_the_operator_key_lives_in_a_softhsm2_token(up: UpProcess, tmp_path: Pat
     )
 
     device = tmp_path / "phone"
-    _ok(up.cli("secret", "set", "--pin", "--secret-stdin", stdin=PIN + "\n", device=device))
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            stdin=PIN + "\n",
-            device=tmp_path / "new-phone",
-        )
-    )
-    audit = _ok(up.cli("audit", "log", "--json", device=device)).json()
+    ok(up.secret("set", "--pin", stdin=PIN + "\n", device=device))
+    ok(up.secret("recover", "--pin", stdin=PIN + "\n", device=tmp_path / "new-phone"))
+    audit = ok(up.cli("audit", "log", "--json", device=device)).json()
     assert audit["operator_public_keys"] == [meta["public_key"]]
-    published = _ok(up.cli("fleet", "publish-keys", "--json")).json()
+    published = ok(up.cli("fleet", "publish-keys", "--json")).json()
     assert published["epoch"] == 2  # signed by the token again
 
 
@@ -90,7 +73,7 @@ def test_restart_reopens_the_token_and_another_custody_is_refused(
     up: UpProcess, tmp_path: Path
 ) -> None:
     key = up.ready["witness"]["operator_public_key"]
-    epoch = _ok(up.cli("status", "--json")).json()["witness"]["epoch"]
+    epoch = ok(up.cli("status", "--json")).json()["witness"]["epoch"]
     up.stop()
     wrong = UpProcess(
         list(up.hsmvault),
@@ -104,13 +87,4 @@ def test_restart_reopens_the_token_and_another_custody_is_refused(
     assert again["witness"]["operator_public_key"] == key
     assert again["witness"]["operator_custody"] == "softhsm"
     assert again["witness"]["epoch"] == epoch  # fresh: nothing re-published
-    _ok(
-        up.cli(
-            "secret",
-            "recover",
-            "--pin",
-            "--secret-stdin",
-            stdin=PIN + "\n",
-            device=tmp_path / "third-phone",
-        )
-    )
+    ok(up.secret("recover", "--pin", stdin=PIN + "\n", device=tmp_path / "third-phone"))

@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +40,6 @@ from hsmvault.evidence.ceremony_format import (
     officer_message,
 )
 from hsmvault.evidence.folder import MANIFEST_FILE, Manifest, evidence_digest
-from hsmvault.evidence.measurement import MEASURED_SOURCES, default_source_root
 from hsmvault.evidence.sources import DirectorySource
 from hsmvault.evidence.vendor_process import run_vendor
 from hsmvault.fleet.fleet_keys import FleetSecretKeys, unseal_fleet_keys
@@ -53,10 +50,10 @@ from hsmvault.hsm.ceremony import CeremonyRefused, NodeCeremony
 from hsmvault.hsm.custody.software import SoftwareCustody
 from hsmvault.hsm.nvram import DirectoryNvram, MemoryNvram
 from tests.evidence.evidence_kit import deploy, officer
+from tests.evidence.import_closure import is_measured, loaded_hsmvault_files
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[2]
 M = bytes(range(32))
 CID = bytes(range(100, 132))
 NOW = 1_795_000_000
@@ -396,28 +393,10 @@ def test_node_constants_match_the_node_process() -> None:
 
 
 def test_ceremony_code_in_the_node_is_measured() -> None:
-    code = (
-        "import sys\n"
-        "import hsmvault.hsm.node_process, hsmvault.hsm.ceremony\n"
-        "for name, module in sorted(sys.modules.items()):\n"
-        "    if name == 'hsmvault' or name.startswith('hsmvault.'):\n"
-        "        print(module.__file__)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    root = default_source_root()
-    files = [Path(p).resolve().relative_to(root).as_posix() for p in done.stdout.split()]
+    files = loaded_hsmvault_files("hsmvault.hsm.node_process", "hsmvault.hsm.ceremony")
     assert "hsmvault/hsm/ceremony.py" in files
     assert "hsmvault/evidence/ceremony_format.py" in files
-
-    def measured(rel: str) -> bool:
-        return any(
-            rel == e or (not e.endswith(".py") and rel.startswith(e + "/"))
-            for e in MEASURED_SOURCES
-        )
-
-    assert [f for f in files if not measured(f)] == []
+    assert [f for f in files if not is_measured(f)] == []
 
 
 # --------------------------------------------------------------------------- processes

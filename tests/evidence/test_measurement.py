@@ -32,9 +32,9 @@ from hsmvault.evidence.measurement import (
     main,
     measure,
 )
+from tests.evidence.import_closure import is_measured, loaded_hsmvault_files
 
 DEPS = dict.fromkeys(MEASURED_DISTRIBUTIONS, "1.0")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _measured_entries(root: Path) -> Iterator[tuple[Path, Path]]:
@@ -287,31 +287,18 @@ def test_gnu_tar_extracts_exactly_the_sources(tmp_path: Path) -> None:
 # -- what runs inside is measured --------------------------------------------------------
 
 
-def _is_measured(relative: str) -> bool:
-    return any(
-        relative == entry or (not entry.endswith(".py") and relative.startswith(entry + "/"))
-        for entry in MEASURED_SOURCES
-    )
-
-
 def test_node_process_import_closure_is_measured() -> None:
     """Every module of ours that a node process (software or PKCS#11 custody) loads,
     including the ceremony's in-node attestation statement, is in the measured set."""
-    code = (
-        "import sys\n"
-        "import hsmvault.hsm.node_process, hsmvault.hsm.custody.pkcs11, hsmvault.hsm.softhsm\n"
-        "import hsmvault.evidence.attestation.software_vendor, hsmvault.evidence.measurement\n"
-        "for name, module in sorted(sys.modules.items()):\n"
-        "    if name == 'hsmvault' or name.startswith('hsmvault.'):\n"
-        "        print(module.__file__)\n"
+    files = loaded_hsmvault_files(
+        "hsmvault.hsm.node_process",
+        "hsmvault.hsm.custody.pkcs11",
+        "hsmvault.hsm.softhsm",
+        "hsmvault.evidence.attestation.software_vendor",
+        "hsmvault.evidence.measurement",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    root = default_source_root()
-    files = [Path(line).resolve().relative_to(root).as_posix() for line in done.stdout.split()]
     assert "hsmvault/hsm/node_process.py" in files
-    unmeasured = [f for f in files if not _is_measured(f)]
+    unmeasured = [f for f in files if not is_measured(f)]
     assert unmeasured == []
 
 

@@ -12,13 +12,8 @@ import threading
 
 from hsmvault.errors import InvalidParameter
 from hsmvault.host.storage.base import PasskeyChallenge, PasskeyRecord
-from hsmvault.host.storage.validation import (
-    check_passkey_challenge,
-    check_passkey_record,
-    check_prf_salt,
-    check_sign_count,
-    check_wrapped_key,
-)
+from hsmvault.host.storage.sql_common import check_passkey_update
+from hsmvault.host.storage.validation import check_passkey_challenge, check_passkey_record
 
 __all__ = ["MemoryPasskeyStore"]
 
@@ -58,12 +53,7 @@ class MemoryPasskeyStore:
         prf_salt: bytes | None = None,
         wrapped_key: bytes | None = None,
     ) -> PasskeyRecord | None:
-        check_sign_count(sign_count)
-        if prf_salt is not None:
-            check_prf_salt(prf_salt)
-            if wrapped_key is None:
-                raise InvalidParameter("a new PRF salt needs a new wrapped key")
-        check_wrapped_key(wrapped_key)
+        check_passkey_update(sign_count, prf_salt, wrapped_key)
         with self._passkey_lock:
             record = self.passkeys.get(credential_id)
             if (

@@ -65,6 +65,10 @@ class Api:
     def as_user(self, user: str) -> Api:
         return Api(self.client, self.auth, user)
 
+    def authenticate(self, got: GetResult) -> httpx.Response:
+        """POST /authentication with the authenticator's answer ``got`` (raw response)."""
+        return self.call("POST", "/authentication", {"credential": got.response_json})
+
 
 def refused(r: httpx.Response, status: int, code: str, words: str = "") -> None:
     assert r.status_code == status, r.text
@@ -262,12 +266,7 @@ def test_users_are_isolated(api: Api, device: SoftwareAuthenticator) -> None:
     assert bob.ok("GET", "") == {"passkeys": []}
     # alice's challenge is not bob's, and alice's credential is not bob's
     _, got = assert_with(api, device)
-    refused(
-        bob.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "not issued",
-    )
+    refused(bob.authenticate(got), 403, "passkey_refused", "not issued")
     assert len(api.ok("GET", "")["passkeys"]) == 1
 
 
@@ -308,12 +307,7 @@ def test_tampered_assertions_are_refused(
     for field, value in fault.items():
         setattr(device.faults, field, value)
     _, got = assert_with(api, device)
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        words,
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", words)
     # the same faults on the wrapped-key route
     _, got = assert_with(api, device)
     body = {"credential": got.response_json, "wrappedKey": b64(b"\x01" + bytes(92))}
@@ -423,12 +417,8 @@ def test_replayed_challenges_are_409(
     assert api.call("POST", "/registration", body).status_code == 200
     refused(api.call("POST", "/registration", body), 409, "challenge_replayed")
     _, got = assert_with(api, device)
-    assert api.call("POST", "/authentication", {"credential": got.response_json}).status_code == 200
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        409,
-        "challenge_replayed",
-    )
+    assert api.authenticate(got).status_code == 200
+    refused(api.authenticate(got), 409, "challenge_replayed")
 
 
 def test_a_refused_answer_still_consumes_its_challenge(
@@ -437,16 +427,8 @@ def test_a_refused_answer_still_consumes_its_challenge(
     register(api, device, None)
     device.faults.corrupt_signature = True
     _, got = assert_with(api, device)
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-    )
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        409,
-        "challenge_replayed",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused")
+    refused(api.authenticate(got), 409, "challenge_replayed")
 
 
 def test_expired_challenges_are_409(
@@ -463,14 +445,10 @@ def test_expired_challenges_are_409(
     register(api, device, None)
     _, got = assert_with(api, device)
     clock.advance(299)  # still in time
-    assert api.call("POST", "/authentication", {"credential": got.response_json}).status_code == 200
+    assert api.authenticate(got).status_code == 200
     _, got = assert_with(api, device)
     clock.advance(300.5)
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        409,
-        "challenge_expired",
-    )
+    refused(api.authenticate(got), 409, "challenge_expired")
 
 
 def test_challenges_are_bound_to_their_ceremony(api: Api, device: SoftwareAuthenticator) -> None:
@@ -479,31 +457,16 @@ def test_challenges_are_bound_to_their_ceremony(api: Api, device: SoftwareAuthen
     reg_challenge = unb64(api.ok("POST", "/registration/options", {})["publicKey"]["challenge"])
     device.faults.challenge = reg_challenge
     _, got = assert_with(api, device)
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "another ceremony",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", "another ceremony")
     # a salt-rotation challenge is not for /authentication (it releases nothing)
     rotation = api.ok("POST", f"/{b64(cid)}/salt-rotation", {})
     device.faults.challenge = None
     got = device.get(rotation["publicKey"], {})
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "another ceremony",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", "another ceremony")
     # a challenge never issued
     device.faults.challenge = b"\x00" * 32
     _, got = assert_with(api, device)
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "not issued",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", "not issued")
 
 
 def test_a_challenge_for_one_credential_is_not_for_another(api: Api, bk: BackupKey) -> None:
@@ -513,12 +476,7 @@ def test_a_challenge_for_one_credential_is_not_for_another(api: Api, bk: BackupK
     options = api.ok("POST", "/authentication/options", {"credentialId": b64(cid_1)})
     options["publicKey"]["allowCredentials"] = []  # the second answers anyway
     got = second.get(options["publicKey"], {})
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "another credential",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", "another credential")
 
 
 # --------------------------------------------------------------------------- sign counts
@@ -531,20 +489,10 @@ def test_sign_count_regression_is_refused(
     cloned = device.clone()
     assert recover(api, device) == bk.expose_secret()  # count 1
     _, got = assert_with(api, cloned)  # the clone also says 1
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "sign count",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", "sign count")
     device.set_sign_count(cid, 0)  # rewound: the next assertion says 1 again
     _, got = assert_with(api, device)
-    refused(
-        api.call("POST", "/authentication", {"credential": got.response_json}),
-        403,
-        "passkey_refused",
-        "sign count",
-    )
+    refused(api.authenticate(got), 403, "passkey_refused", "sign count")
     device.set_sign_count(cid, 41)
     assert recover(api, device) == bk.expose_secret()  # 42 > 1: accepted
 
@@ -570,9 +518,7 @@ def test_removal_is_immediate_and_others_still_work(api: Api, bk: BackupKey) -> 
     assert r.status_code == 204
     assert r.content == b""
     assert [p["credentialId"] for p in api.ok("GET", "")["passkeys"]] == [b64(cid_kept)]
-    refused(
-        api.call("POST", "/authentication", {"credential": early.response_json}), 404, "not_found"
-    )
+    refused(api.authenticate(early), 404, "not_found")
     refused(
         api.call("POST", "/authentication/options", {"credentialId": b64(cid_removed)}),
         404,
@@ -609,11 +555,7 @@ def test_salt_rotation_commits_salt_and_wrap_together(
     assert stored == {"credentialId": b64(cid), "prfSalt": b64(new_salt)}
     # an answer to the earlier options (made with the old salt) is now refused
     stale = device.get(stale_options["publicKey"], {cid: old_salt})
-    refused(
-        api.call("POST", "/authentication", {"credential": stale.response_json}),
-        409,
-        "salt_changed",
-    )
+    refused(api.authenticate(stale), 409, "salt_changed")
     salts, got = assert_with(api, device)
     assert salts == {cid: new_salt}
     released = api.ok("POST", "/authentication", {"credential": got.response_json})

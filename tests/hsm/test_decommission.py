@@ -173,10 +173,12 @@ class CompactCounter:
             raise OSError("disk full")
 
 
-def _node(compact: CompactCounter | None = None) -> Harness:
+def _node(compact: CompactCounter | None = None, fleet: InstantConsensus | None = None) -> Harness:
     """A harness whose service gets a ``compact`` hook (the node process passes
-    ``RaftNode.compact``)."""
+    ``RaftNode.compact``); over ``fleet`` (another harness's replicated log) if given."""
     harness = Harness()
+    if fleet is not None:
+        harness.fleet = fleet
     harness.service = VaultService(
         SERVER,
         harness.fleet,
@@ -249,18 +251,7 @@ def test_another_replica_refuses_and_compacts_once_it_sees_the_decommissioning()
     first = _node(CompactCounter())
     first.register()
     compact = CompactCounter()
-    second = _node(compact)
-    second.fleet = first.fleet  # the same replicated log
-    second.service = VaultService(
-        SERVER,
-        first.fleet,
-        upload_key=FLEET_KEY,
-        fleet_id=FLEET_ID,
-        signing_key=SIG_KEY,
-        config=VaultServiceConfig(unknown_user_ksf_params=KSF_PARAMS),
-        clock=second.clock,
-        compact=compact,
-    )
+    second = _node(compact, first.fleet)  # the same replicated log
     pending, _ = second.login_start()
     assert pending.outcome is api.Outcome.OK
     assert first.call(api.DecommissionRequest(FLEET_ID)).outcome is api.Outcome.OK

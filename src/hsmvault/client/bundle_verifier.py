@@ -53,9 +53,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from hsmvault.client.fleet_trust import verify_fleet_signature
 from hsmvault.client.trust_store import NamespaceTrust, StoredCheckpoint, TrustStore
 from hsmvault.errors import DecodeError, InvalidParameter, VerificationError
@@ -64,6 +61,7 @@ from hsmvault.transparency import merkle
 from hsmvault.transparency.artifact import FleetKeyArtifact, check_namespace
 from hsmvault.transparency.bundle import MAX_PROOF_LEN, ValidationBundle, witness_key_id
 from hsmvault.transparency.checkpoint import parse_checkpoint
+from hsmvault.transparency.ed25519 import ed25519_verifies
 from hsmvault.transparency.errors import (
     ArtifactDigestMismatch,
     CheckpointInconsistent,
@@ -96,14 +94,6 @@ _U64: Final = (1 << 64) - 1
 #: ``fetch(old_size, new_size)`` -> the RFC 9162 consistency proof between the witness
 #: log's trees of those sizes (32-byte hashes), e.g. ``GET /proofs/consistency``.
 ConsistencyFetcher = Callable[[int, int], Sequence[bytes]]
-
-
-def _ed25519_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -243,13 +233,13 @@ class BundleVerifier:
             if witness.timestamp < key.not_before_ms:
                 raise WitnessKeyNotYetValid("signature predates the witness key's not_before")
             message = bundle.signature_message().encode()
-            if not _ed25519_ok(key.public_key, witness.signature, message):
+            if not ed25519_verifies(key.public_key, witness.signature, message):
                 raise WitnessSignatureInvalid("witness signature does not verify")
 
             # 3. the operator's counter-signature
             counter = bundle.countersignature_message()
             if not any(
-                _ed25519_ok(k, bundle.operator_signature, counter)
+                ed25519_verifies(k, bundle.operator_signature, counter)
                 for k in policy.operator_public_keys
             ):
                 raise CounterSignatureInvalid("no pinned operator key verifies the bundle")

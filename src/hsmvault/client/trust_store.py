@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from hsmvault.durable_files import replace_file_atomically
 from hsmvault.errors import DecodeError, InvalidParameter, RollbackError
 from hsmvault.transparency.artifact import canonical_json, check_namespace, parse_canonical_json
 from hsmvault.transparency.checkpoint import parse_checkpoint
@@ -292,23 +291,9 @@ class FileTrustStore:
             self._write(_encode_store(states))
 
     def _write(self, data: bytes) -> None:
-        directory = self._path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file_atomically(
+            self._path, data, tmp_prefix=f".{self._path.name}.", tmp_suffix=".tmp"
+        )
 
     def __repr__(self) -> str:
         return f"FileTrustStore({str(self._path)!r})"

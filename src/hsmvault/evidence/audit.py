@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -259,6 +259,21 @@ def _identity_from_hex(algorithm: int, public_key: bytes) -> NodeIdentity:
     return NodeIdentity(SignatureAlgorithm(algorithm), public_key)
 
 
+_Parsed = TypeVar("_Parsed")
+
+
+def _parse_entry(
+    parse: Callable[[Statement], _Parsed], entry: Entry, what: str, check: Check
+) -> _Parsed | None:
+    """``parse(entry.statement)``, or None after failing ``check`` with
+    "entry N: malformed <what>: <reason>" when the parser raises CeremonyFormatError."""
+    try:
+        return parse(entry.statement)
+    except CeremonyFormatError as exc:
+        check.fail(f"entry {entry.seq}: malformed {what}: {exc}")
+        return None
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -408,10 +423,8 @@ class _Audit:
     def _identity(self, entry: Entry, check: Check) -> None:
         if entry.statement.kind != "identity":
             return
-        try:
-            claim = parse_identity(entry.statement)
-        except CeremonyFormatError as exc:
-            check.fail(f"entry {entry.seq}: malformed identity statement: {exc}")
+        claim = _parse_entry(parse_identity, entry, "identity statement", check)
+        if claim is None:
             return
         if claim.identity.node_id in self.members:
             check.fail(f"entry {entry.seq}: a second identity statement of one node")
@@ -779,10 +792,8 @@ class _Audit:
         for ack_entry in self.transcript.entries:
             if ack_entry.statement.kind != "acknowledgement":
                 continue
-            try:
-                ack = parse_acknowledgement(ack_entry.statement)
-            except CeremonyFormatError as exc:
-                check.fail(f"entry {ack_entry.seq}: malformed acknowledgement: {exc}")
+            ack = _parse_entry(parse_acknowledgement, ack_entry, "acknowledgement", check)
+            if ack is None:
                 continue
             member = self.members.get(ack.node_id)
             if member is None:

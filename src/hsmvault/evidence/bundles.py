@@ -30,8 +30,8 @@ from hsmvault.evidence.attestation._canonical import canonical
 from hsmvault.evidence.folder import BUNDLES_DIR, EvidenceFolderError
 from hsmvault.evidence.sources import BUNDLE_INDEX, EvidenceSource, bundle_files
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
-from hsmvault.transparency.artifact import FleetKeyArtifact
-from hsmvault.transparency.bundle import InclusionEvidence, ValidationBundle, WitnessSignature
+from hsmvault.transparency.artifact import FleetKeyArtifact, changed_key_roles
+from hsmvault.transparency.bundle import InclusionEvidence, ValidationBundle, bundle_from_audit
 from hsmvault.transparency.checkpoint import parse_checkpoint
 from hsmvault.transparency.signed_note import Verifier, parse_note
 from hsmvault.transparency.witness_client import (
@@ -92,16 +92,7 @@ def bundle_from_audit_entry(
     """The validation bundle of a counter-signed witness audit entry."""
     if entry.operator_countersignature is None:
         raise InvalidParameter(f"epoch {entry.epoch} is not counter-signed yet")
-    witness = WitnessSignature(
-        ciphersuite=entry.ciphersuite,
-        namespace=entry.namespace,
-        timestamp=entry.timestamp,
-        epoch=entry.epoch,
-        digest=entry.digest,
-        key_id=entry.key_id,
-        signature=entry.signature,
-    )
-    return ValidationBundle(entry.artifact, witness, entry.operator_countersignature, inclusion)
+    return bundle_from_audit(entry, entry.operator_countersignature, inclusion)
 
 
 def _mentions(artifact_bytes: bytes, fleet_id: bytes) -> bool:
@@ -248,15 +239,7 @@ def _compare(
         if artifact.is_decommissioned(fleet_id):
             return "decommissioned", "lists the fleet as decommissioned"
         return "absent", "does not list the fleet"
-    differing = [
-        role
-        for role, theirs, ours in (
-            ("ake", entry.ake_public_key, keys.ake_public_key),
-            ("enc", entry.enc_public_key, keys.enc_public_key),
-            ("sig", entry.sig_public_key, keys.sig_public_key),
-        )
-        if theirs != ours
-    ]
+    differing = changed_key_roles(entry, keys)
     if differing:
         return "other-keys", f"lists the fleet with other keys ({', '.join(differing)} differ)"
     if entry.evidence_digest != digest:

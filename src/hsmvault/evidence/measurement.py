@@ -19,7 +19,8 @@ whatever the checkout's file times, permissions, owner, umask or directory order
 
 What is measured (:data:`MEASURED_SOURCES`, one place):
 
-* ``hsmvault/__init__.py`` and ``hsmvault/errors.py`` (imported by every zone);
+* ``hsmvault/__init__.py`` and the leaf modules the node imports (``errors``,
+  ``closing``, ``durable_files``, ``pkcs11_tokens``);
 * the packages ``hsmvault/crypto``, ``hsmvault/wire``, ``hsmvault/hsm`` and
   ``hsmvault/fleet`` (the node runs the vault state machine, key custody, NVRAM,
   the wire door, and the Raft replication among HSMs);
@@ -80,6 +81,9 @@ __all__ = [
 MEASURED_SOURCES: tuple[str, ...] = (
     "hsmvault/__init__.py",
     "hsmvault/errors.py",
+    "hsmvault/closing.py",
+    "hsmvault/durable_files.py",
+    "hsmvault/pkcs11_tokens.py",
     "hsmvault/crypto",
     "hsmvault/wire",
     "hsmvault/hsm",

@@ -47,9 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from hsmvault.crypto.opaque import OpaqueClient
 from hsmvault.errors import DecodeError, InvalidParameter, VaultError, VerificationError
 from hsmvault.fleet.fleet_keys import FleetPublicKeys
@@ -64,9 +61,10 @@ from hsmvault.transparency.artifact import (
 from hsmvault.transparency.bundle import (
     InclusionEvidence,
     ValidationBundle,
-    WitnessSignature,
+    bundle_from_audit,
 )
 from hsmvault.transparency.checkpoint import Checkpoint
+from hsmvault.transparency.ed25519 import ed25519_verifies
 from hsmvault.transparency.errors import (
     ArtifactDigestMismatch,
     CheckpointInconsistent,
@@ -221,14 +219,6 @@ class PublishResult:
 # --------------------------------------------------------------------------- checks
 
 
-def _ed25519_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def _check_witness_signature(
     info: WitnessInfo, key_id: bytes, timestamp: int, signature: bytes, message: bytes
 ) -> None:
@@ -237,7 +227,7 @@ def _check_witness_signature(
         raise UnknownWitnessKey("the witness key is not pinned")
     if timestamp < key.not_before:
         raise WitnessKeyNotYetValid("signature predates the witness key's not_before")
-    if not _ed25519_ok(key.public_key, signature, message):
+    if not ed25519_verifies(key.public_key, signature, message):
         raise WitnessSignatureInvalid("witness signature does not verify")
 
 
@@ -278,7 +268,7 @@ def verify_bundle(
     _check_witness_signature(
         witness, w.key_id, w.timestamp, w.signature, bundle.signature_message().encode()
     )
-    if not _ed25519_ok(
+    if not ed25519_verifies(
         operator_public_key, bundle.operator_signature, bundle.countersignature_message()
     ):
         raise CounterSignatureInvalid("the operator key does not verify the counter-signature")
@@ -605,7 +595,7 @@ class Publisher:
         """Counter-sign an entry an interrupted run left without one (our own
         submission: the witness accepted it only under the operator key)."""
         if entry.operator_countersignature is not None:
-            if not _ed25519_ok(
+            if not ed25519_verifies(
                 self.operator_public_key,
                 entry.operator_countersignature,
                 countersignature_message(entry.signature),
@@ -699,17 +689,8 @@ class Publisher:
         if body.tree_size <= entry.leaf_index:
             raise InclusionProofInvalid("the witness's checkpoint does not cover the new entry")
         proof = self._witness.inclusion_proof(entry.leaf_index, body.tree_size)
-        witness = WitnessSignature(
-            ciphersuite=entry.ciphersuite,
-            namespace=entry.namespace,
-            timestamp=entry.timestamp,
-            epoch=entry.epoch,
-            digest=entry.digest,
-            key_id=entry.key_id,
-            signature=entry.signature,
-        )
         evidence = InclusionEvidence(entry.leaf_index, body.tree_size, proof.proof, note)
-        return ValidationBundle(entry.artifact, witness, counter, evidence).to_bytes()
+        return bundle_from_audit(entry, counter, evidence).to_bytes()
 
     def _consistency(self, first: int, second: int) -> Sequence[bytes]:
         return self._witness.consistency_proof(first, second).proof

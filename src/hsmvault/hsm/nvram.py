@@ -33,18 +33,17 @@ import hmac
 import os
 import secrets
 import struct
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from hsmvault.closing import ClosingContext
+from hsmvault.durable_files import replace_file_atomically
 from hsmvault.errors import (
     DecodeError,
     InvalidParameter,
@@ -322,7 +321,7 @@ class NvramState:
             raise DecodeError(f"NVRAM record is invalid: {exc}") from None
 
 
-class Nvram(ABC):
+class Nvram(ClosingContext, ABC):
     """The NVRAM interface: typed fields over one atomically replaced record.
 
     Every setter writes the whole new record through :meth:`_store` and only then makes it
@@ -354,17 +353,6 @@ class Nvram(ABC):
     def close(self) -> None:
         """Release the NVRAM. Idempotent; later reads and writes raise NvramError."""
         self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- typed fields -------------------------------------------------------------------
 
@@ -546,22 +534,7 @@ class DirectoryNvram(Nvram):
             return None
 
     def _store(self, blob: bytes) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self._path)
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(blob)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, self._file)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        dir_fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file_atomically(self._file, blob, tmp_prefix=_TMP_PREFIX)
 
     def close(self) -> None:
         with self._lock:

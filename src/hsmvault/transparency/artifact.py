@@ -34,15 +34,16 @@ Pure: no I/O.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from hsmvault.crypto.ristretto255 import Element
 from hsmvault.errors import DecodeError, InvalidParameter
 from hsmvault.transparency.errors import BundleFormatError
+from hsmvault.wire import canonical_json as cj
+from hsmvault.wire.canonical_json import canonical_json
 
 __all__ = [
     "ARTIFACT_VERSION",
@@ -56,7 +57,9 @@ __all__ = [
     "ChangeKind",
     "FleetEntry",
     "FleetKeyArtifact",
+    "FleetKeys",
     "canonical_json",
+    "changed_key_roles",
     "check_namespace",
     "diff_artifacts",
     "parse_canonical_json",
@@ -77,106 +80,41 @@ _KEY_LEN: Final = 32
 _U64: Final = (1 << 64) - 1
 _MAX_TIME: Final = (1 << 63) - 1
 _MAX_NAMESPACE_LEN: Final = 255
-_MAX_INT_DIGITS: Final = 20
 _REGION_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_HEX_RE: Final = re.compile(r"[0-9a-f]*")
 _T = TypeVar("_T")
 
 
-# --- canonical JSON (shared with bundle.py and the client's trust store) ---------------
-
-
-def canonical_json(obj: object) -> bytes:
-    """The canonical encoding of a JSON value (ADR 0010): sorted keys, no spaces, ASCII."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise BundleFormatError("duplicate JSON key")
-        out[key] = value
-    return out
-
-
-def _no_float(_: str) -> float:
-    raise BundleFormatError("floats are not allowed")
-
-
-def _no_constant(_: str) -> float:
-    raise BundleFormatError("NaN and Infinity are not allowed")
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise BundleFormatError("integer too large")
-    return int(text)
+# --- canonical JSON (shared: hsmvault.wire.canonical_json) ---------------------------
 
 
 def parse_canonical_json(data: object, *, max_len: int, what: str) -> Any:
     """Parse ``data`` (bytes) as canonical JSON; the JSON value, else BundleFormatError.
 
-    Refuses: non-bytes, empty or longer than ``max_len``, non-ASCII, invalid JSON, floats,
-    NaN/Infinity, integers over 20 digits, duplicate keys, excessive nesting, and any
-    encoding that is not byte-for-byte :func:`canonical_json` of the parsed value.
+    The rules of :func:`hsmvault.wire.canonical_json.parse_canonical_json` (non-bytes,
+    empty or oversized, non-ASCII, invalid JSON, floats, NaN/Infinity, integers over 20
+    digits, duplicate keys, excessive nesting and non-canonical encodings are refused).
     Schema checks are the caller's.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise BundleFormatError(f"{what} must be bytes")
-    raw = bytes(data)
-    if not raw or len(raw) > max_len:
-        raise BundleFormatError(f"{what} is empty or too large")
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise BundleFormatError(f"{what} is not ASCII") from None
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_int=_bounded_int,
-            parse_constant=_no_constant,
-        )
-    except (ValueError, RecursionError):
-        raise BundleFormatError(f"{what} is not valid JSON") from None
-    try:
-        again = canonical_json(value)
-    except (ValueError, TypeError):  # pragma: no cover - json.loads output always dumps
-        raise BundleFormatError(f"{what} is not canonical JSON") from None
-    if again != raw:
-        raise BundleFormatError(f"{what} is not canonical JSON")
-    return value
+    return cj.parse_canonical_json(data, max_len=max_len, what=what, error=BundleFormatError)
 
 
 # --- strict field readers (raise BundleFormatError) -----------------------------------
 
 
 def _fields(value: object, keys: frozenset[str], what: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) != keys:
-        raise BundleFormatError(f"{what}: unexpected or missing fields")
-    return value
+    return cj.fields(value, keys, what, error=BundleFormatError)
 
 
 def _read_int(value: object, lo: int, hi: int, what: str) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise BundleFormatError(f"{what} must be an integer in range")
-    return value
+    return cj.read_int(value, what, lo, hi, error=BundleFormatError)
 
 
 def _read_str(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise BundleFormatError(f"{what} must be a string")
-    return value
+    return cj.read_str(value, what, error=BundleFormatError)
 
 
 def _read_hex(value: object, length: int, what: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 2 * length or not _HEX_RE.fullmatch(value):
-        raise BundleFormatError(f"{what} must be {2 * length} lowercase hex digits")
-    return bytes.fromhex(value)
+    return cj.read_hex(value, what, length, error=BundleFormatError)
 
 
 def _read_optional_hex(value: object, length: int, what: str) -> bytes | None:
@@ -479,6 +417,34 @@ class ArtifactChange:
         return f"{self.kind}: {where}{self.detail}"
 
 
+class FleetKeys(Protocol):
+    """Anything carrying a fleet's three public keys (a :class:`FleetEntry`, or
+    :class:`hsmvault.fleet.fleet_keys.FleetPublicKeys`)."""
+
+    @property
+    def ake_public_key(self) -> bytes: ...
+
+    @property
+    def enc_public_key(self) -> bytes: ...
+
+    @property
+    def sig_public_key(self) -> bytes: ...
+
+
+def changed_key_roles(a: FleetKeys, b: FleetKeys) -> list[str]:
+    """The roles (``"ake"``, ``"enc"``, ``"sig"``, in that order) whose public key
+    differs between ``a`` and ``b``; ``[]`` when all three are equal."""
+    return [
+        role
+        for role, x, y in (
+            ("ake", a.ake_public_key, b.ake_public_key),
+            ("enc", a.enc_public_key, b.enc_public_key),
+            ("sig", a.sig_public_key, b.sig_public_key),
+        )
+        if x != y
+    ]
+
+
 def _fmt_window(entry: FleetEntry) -> str:
     return f"[{entry.not_before}, {entry.not_after}]"
 
@@ -488,15 +454,7 @@ def _entry_changes(old: FleetEntry, new: FleetEntry) -> list[ArtifactChange]:
     out: list[ArtifactChange] = []
     if old.status != new.status:
         out.append(ArtifactChange("status_changed", f"{old.status} -> {new.status}", fid))
-    roles = [
-        role
-        for role, a, b in (
-            ("ake", old.ake_public_key, new.ake_public_key),
-            ("enc", old.enc_public_key, new.enc_public_key),
-            ("sig", old.sig_public_key, new.sig_public_key),
-        )
-        if a != b
-    ]
+    roles = changed_key_roles(old, new)
     if roles:
         out.append(ArtifactChange("keys_changed", "new " + ", ".join(roles) + " key", fid))
     if (old.not_before, old.not_after) != (new.not_before, new.not_after):

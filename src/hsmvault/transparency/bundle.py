@@ -1,7 +1,7 @@
 """The validation bundle: artifact, witness signature, operator counter-signature and
 optional log-inclusion evidence (ADR 0010; ``docs/formats/validation-bundle.md``).
 
-Canonical JSON, the same rules as the artifact (:func:`artifact.canonical_json`)::
+Canonical JSON, the same rules as the artifact (:mod:`hsmvault.wire.canonical_json`)::
 
     {"version": 1,
      "artifact": "<b64 artifact bytes>",
@@ -28,19 +28,16 @@ well-formed checkpoint, but no signature is verified here — that is
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from hsmvault.errors import DecodeError, InvalidParameter
 from hsmvault.transparency import operator_messages
 from hsmvault.transparency.artifact import (
     MAX_ARTIFACT_LEN,
     FleetKeyArtifact,
-    canonical_json,
     check_namespace,
     parse_canonical_json,
 )
@@ -49,6 +46,9 @@ from hsmvault.transparency.errors import BundleFormatError
 from hsmvault.transparency.log_entry import encode_log_leaf
 from hsmvault.transparency.plexi import CIPHERSUITE_PROTOBUF_ED25519, SignatureMessage
 from hsmvault.transparency.signed_note import parse_note
+from hsmvault.wire import canonical_json as cj
+from hsmvault.wire.canonical_json import b64 as _b64
+from hsmvault.wire.canonical_json import canonical_json
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -56,8 +56,10 @@ __all__ = [
     "MAX_CHECKPOINT_NOTE_LEN",
     "MAX_PROOF_LEN",
     "InclusionEvidence",
+    "SignedAuditEntry",
     "ValidationBundle",
     "WitnessSignature",
+    "bundle_from_audit",
     "witness_key_id",
 ]
 
@@ -102,46 +104,22 @@ def _note_checkpoint(note: bytes) -> Checkpoint:
 
 
 def _fields(value: object, keys: frozenset[str], what: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) != keys:
-        raise BundleFormatError(f"{what}: unexpected or missing fields")
-    return value
+    return cj.fields(value, keys, what, error=BundleFormatError)
 
 
 def _read_int(value: object, what: str, lo: int = 0, hi: int = _U64) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise BundleFormatError(f"{what} must be an integer in range")
-    return value
+    return cj.read_int(value, what, lo, hi, error=BundleFormatError)
 
 
 def _read_hex(value: object, length: int, what: str) -> bytes:
-    if (
-        not isinstance(value, str)
-        or len(value) != 2 * length
-        or any(c not in "0123456789abcdef" for c in value)
-    ):
-        raise BundleFormatError(f"{what} must be {2 * length} lowercase hex digits")
-    return bytes.fromhex(value)
+    return cj.read_hex(value, what, length, error=BundleFormatError)
 
 
 def _read_b64(value: object, what: str, *, length: int | None = None, max_len: int = 0) -> bytes:
-    """Strict standard padded base64; exact ``length`` or at most ``max_len`` bytes."""
-    if not isinstance(value, str) or not value.isascii():
-        raise BundleFormatError(f"{what} must be base64")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BundleFormatError(f"{what} is not valid base64") from None
-    if base64.b64encode(raw).decode("ascii") != value:
-        raise BundleFormatError(f"{what} is not canonical base64")
-    if length is not None and len(raw) != length:
-        raise BundleFormatError(f"{what} must be {length} bytes")
-    if length is None and not 0 < len(raw) <= max_len:
-        raise BundleFormatError(f"{what} is empty or too large")
-    return raw
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
+    """Strict standard padded base64; exact ``length`` or 1 to ``max_len`` bytes."""
+    if length is None:
+        return cj.read_b64(value, what, max_len=max_len, error=BundleFormatError)
+    return cj.read_b64(value, what, length=length, error=BundleFormatError)
 
 
 def _build(make: Callable[[], _T], what: str) -> _T:
@@ -357,3 +335,57 @@ class ValidationBundle:
         if bundle.to_bytes() != bytes(data):  # pragma: no cover - parse_canonical_json
             raise BundleFormatError("bundle is not canonical")
         return bundle
+
+
+# --- assembly from a witness audit entry ----------------------------------------------
+
+
+class SignedAuditEntry(Protocol):
+    """The signed fields of a witness ``AuditEntry``: the witness's own
+    (:class:`hsmvault.transparency.witness.AuditEntry`) and the one its HTTP client
+    parses (:class:`hsmvault.transparency.witness_client.AuditEntry`) both have them."""
+
+    @property
+    def ciphersuite(self) -> int: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def digest(self) -> bytes: ...
+
+    @property
+    def key_id(self) -> bytes: ...
+
+    @property
+    def signature(self) -> bytes: ...
+
+    @property
+    def artifact(self) -> bytes: ...
+
+
+def bundle_from_audit(
+    entry: SignedAuditEntry,
+    operator_signature: bytes,
+    inclusion: InclusionEvidence | None = None,
+) -> ValidationBundle:
+    """The validation bundle of a witness audit entry: its artifact and witness
+    signature, the operator's counter-signature ``operator_signature`` and optionally the
+    inclusion evidence. Raises InvalidParameter if a value is out of range (see the
+    constructors); verifies nothing."""
+    witness = WitnessSignature(
+        ciphersuite=entry.ciphersuite,
+        namespace=entry.namespace,
+        timestamp=entry.timestamp,
+        epoch=entry.epoch,
+        digest=entry.digest,
+        key_id=entry.key_id,
+        signature=entry.signature,
+    )
+    return ValidationBundle(entry.artifact, witness, operator_signature, inclusion)

@@ -43,8 +43,7 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, NoReturn, Protocol, Self, runtime_checkable
+from typing import Any, Final, NoReturn, Protocol, runtime_checkable
 
 import pkcs11
 from cryptography.exceptions import InvalidSignature
@@ -52,7 +51,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.types import Object, PrivateKey, PublicKey, Session, SignMixin
 
+from hsmvault.closing import ClosingContext
+from hsmvault.durable_files import fsync_directory
 from hsmvault.errors import CustodyError, DecodeError, InvalidParameter
+from hsmvault.pkcs11_tokens import (
+    ED25519_EC_PARAMS,
+    LOCKED_KEY_TEMPLATE,
+    REQUIRED_PROTECTIONS,
+    check_protected,
+    open_token_session,
+)
+from hsmvault.pkcs11_tokens import find_one as _one
+from hsmvault.pkcs11_tokens import token_error as _err
 
 __all__ = [
     "SEED_FILE_HEADER",
@@ -68,22 +78,8 @@ _SEED_FILE_LEN: Final = len(SEED_FILE_HEADER) + 64 + 1
 _HEX64: Final = re.compile(rb"[0-9a-f]{64}\n")
 _KEY_LABEL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 
-#: DER of the curve parameters (CKA_EC_PARAMS): the RFC 8410 OID 1.3.101.112, and the
-#: PKCS#11 3.0 alternative, the PrintableString "edwards25519".
-_ED25519_OID: Final = bytes.fromhex("06032b6570")
-_ED25519_NAME: Final = b"\x13\x0cedwards25519"
-
 #: What an existing private key must carry before we sign with it.
-_REQUIRED: Final = {
-    Attribute.TOKEN: True,
-    Attribute.PRIVATE: True,
-    Attribute.SENSITIVE: True,
-    Attribute.ALWAYS_SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    Attribute.NEVER_EXTRACTABLE: True,
-    Attribute.LOCAL: True,
-    Attribute.SIGN: True,
-}
+_REQUIRED: Final = {**REQUIRED_PROTECTIONS, Attribute.SIGN: True}
 
 
 @runtime_checkable
@@ -103,6 +99,24 @@ def _no_pickle(obj: object) -> NoReturn:
     raise TypeError(f"{type(obj).__name__} holds a private key and cannot be pickled or copied")
 
 
+class _NoPickle:
+    """Mixin of the signers: pickling and (deep) copying raise TypeError."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> NoReturn:
+        _no_pickle(self)
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        _no_pickle(self)
+
+    def __copy__(self) -> NoReturn:
+        _no_pickle(self)
+
+    def __deepcopy__(self, memo: Any) -> NoReturn:
+        _no_pickle(self)
+
+
 def _self_test(signer: Ed25519Signer) -> None:
     probe = b"hsmvault/signer-self-test/v1\x00" + secrets.token_bytes(16)
     try:
@@ -114,7 +128,7 @@ def _self_test(signer: Ed25519Signer) -> None:
 # --------------------------------------------------------------------------- software
 
 
-class SoftwareEd25519Signer:
+class SoftwareEd25519Signer(_NoPickle):
     """An Ed25519 key whose seed is in memory (from a 0600 seed file, or given).
 
     Seed file format (exactly 90 bytes)::
@@ -171,11 +185,7 @@ class SoftwareEd25519Signer:
             os.link(tmp, target)  # fails with FileExistsError instead of replacing
         finally:
             os.unlink(tmp)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(target.parent)
 
     @classmethod
     def _load(cls, target: Path) -> SoftwareEd25519Signer:
@@ -213,18 +223,6 @@ class SoftwareEd25519Signer:
 
     def __repr__(self) -> str:
         return f"SoftwareEd25519Signer(public_key={self._public.hex()})"
-
-    def __reduce__(self) -> NoReturn:
-        _no_pickle(self)
-
-    def __reduce_ex__(self, protocol: Any) -> NoReturn:
-        _no_pickle(self)
-
-    def __copy__(self) -> NoReturn:
-        _no_pickle(self)
-
-    def __deepcopy__(self, memo: Any) -> NoReturn:
-        _no_pickle(self)
 
 
 # --------------------------------------------------------------------------- PKCS#11
@@ -264,11 +262,6 @@ _logins: dict[tuple[str, str], _TokenLogin] = {}
 _logins_lock = threading.Lock()
 
 
-def _err(what: str, exc: BaseException) -> CustodyError:
-    # The PKCS#11 exception class names the CKR_ code; python-pkcs11 messages hold no PIN.
-    return CustodyError(f"{what} ({type(exc).__name__})")
-
-
 def _acquire(config: Pkcs11SignerConfig) -> tuple[tuple[str, str], _TokenLogin]:
     key = (os.path.realpath(config.module_path), config.token_label)
     with _logins_lock:
@@ -278,18 +271,7 @@ def _acquire(config: Pkcs11SignerConfig) -> tuple[tuple[str, str], _TokenLogin]:
                 raise CustodyError("token is open in this process under another PIN")
             login.refs += 1
             return key, login
-        try:
-            lib = pkcs11.lib(config.module_path)
-        except Exception as exc:
-            raise _err("cannot load the PKCS#11 module", exc) from None
-        try:
-            token = lib.get_token(token_label=config.token_label)
-        except pkcs11.exceptions.PKCS11Error as exc:
-            raise _err("cannot find exactly one token with the configured label", exc) from None
-        try:
-            session = token.open(rw=True, user_pin=config.user_pin)
-        except pkcs11.exceptions.PKCS11Error as exc:
-            raise _err("login to the token failed", exc) from None
+        session = open_token_session(config.module_path, config.token_label, config.user_pin)
         login = _TokenLogin(session, config.user_pin)
         login.refs = 1
         _logins[key] = login
@@ -309,13 +291,6 @@ def _release(key: tuple[str, str], login: _TokenLogin) -> None:
                 session.close()
 
 
-def _one(session: Session, attrs: dict[Attribute, Any]) -> Object | None:
-    found = list(session.get_objects(attrs))
-    if len(found) > 1:
-        raise CustodyError("token holds more than one key under the configured label")
-    return found[0] if found else None
-
-
 def _ec_point(raw: bytes) -> bytes:
     """The raw public key from CKA_EC_POINT: DER OCTET STRING ``04 20 || key`` or raw."""
     if len(raw) == 34 and raw[0] == 0x04 and raw[1] == 0x20:
@@ -325,7 +300,7 @@ def _ec_point(raw: bytes) -> bytes:
     raise CustodyError("public key in the token has an unexpected encoding")
 
 
-class Pkcs11Ed25519Signer:
+class Pkcs11Ed25519Signer(ClosingContext, _NoPickle):
     """An Ed25519 key pair in a PKCS#11 token. Open it with :meth:`open`; close it (or use
     it as a context manager) to release the token session."""
 
@@ -405,16 +380,11 @@ class Pkcs11Ed25519Signer:
             capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
             public_template={
                 Attribute.TOKEN: True,
-                Attribute.EC_PARAMS: _ED25519_OID,
+                Attribute.EC_PARAMS: ED25519_EC_PARAMS[0],
                 Attribute.MODIFIABLE: False,
             },
             private_template={
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.MODIFIABLE: False,
-                Attribute.COPYABLE: False,
+                **LOCKED_KEY_TEMPLATE,
                 Attribute.SIGN: True,
                 Attribute.DECRYPT: False,
                 Attribute.DERIVE: False,
@@ -431,11 +401,8 @@ class Pkcs11Ed25519Signer:
             raise CustodyError("public half in the token is not a public key")
         if private.key_type != KeyType.EC_EDWARDS or public.key_type != KeyType.EC_EDWARDS:
             raise CustodyError("key in the token is not an Edwards-curve key")
-        values = private.get_attributes(list(_REQUIRED))
-        for attribute, wanted in _REQUIRED.items():
-            if bool(values.get(attribute)) is not wanted:
-                raise CustodyError("private key in the token is not protected as required")
-        if public[Attribute.EC_PARAMS] not in (_ED25519_OID, _ED25519_NAME):
+        check_protected(private, "private key", _REQUIRED)
+        if public[Attribute.EC_PARAMS] not in ED25519_EC_PARAMS:
             raise CustodyError("key in the token is not on edwards25519")
         raw = _ec_point(public[Attribute.EC_POINT])
         try:
@@ -468,29 +435,6 @@ class Pkcs11Ed25519Signer:
             self._closed = True
         _release(self._key, self._login)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
         return f"Pkcs11Ed25519Signer(public_key={self._public.hex()}{state})"
-
-    def __reduce__(self) -> NoReturn:
-        _no_pickle(self)
-
-    def __reduce_ex__(self, protocol: Any) -> NoReturn:
-        _no_pickle(self)
-
-    def __copy__(self) -> NoReturn:
-        _no_pickle(self)
-
-    def __deepcopy__(self, memo: Any) -> NoReturn:
-        _no_pickle(self)

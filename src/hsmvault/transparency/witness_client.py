@@ -26,19 +26,20 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from hsmvault.closing import ClosingContext
 from hsmvault.errors import DecodeError, InvalidParameter, Unavailable
 from hsmvault.transparency import log_entry, merkle
 from hsmvault.transparency.checkpoint import Checkpoint, parse_checkpoint
 from hsmvault.transparency.errors import BundleFormatError, WitnessRefused
 from hsmvault.transparency.plexi import SignatureMessage
 from hsmvault.transparency.signed_note import Verifier, open_note, parse_note
+from hsmvault.wire.canonical_json import loads_strict
 
 __all__ = [
     "AuditEntry",
@@ -60,7 +61,6 @@ _MAX_ARTIFACT: Final = 1 << 19
 _MAX_PROOF: Final = 64
 _MAX_KEYS: Final = 64
 _MAX_NAMESPACES: Final = 10_000
-_MAX_INT_DIGITS: Final = 20
 _HEX: Final = re.compile(r"[0-9a-f]*")
 _STATUSES: Final = frozenset({"online"})
 
@@ -87,38 +87,10 @@ def _bad(what: str) -> MalformedWitnessAnswer:
     return MalformedWitnessAnswer(f"malformed witness answer: {what}")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _bad("duplicate JSON key")
-        out[key] = value
-    return out
-
-
-def _no_float(_text: str) -> Any:
-    raise _bad("floats are not allowed")
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise _bad("integer too long")
-    return int(text)
-
-
 def _loads(data: bytes) -> Any:
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_constant=_no_float,
-            parse_int=_bounded_int,
-        )
-    except MalformedWitnessAnswer:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _bad("not JSON") from None
+    """Strict JSON (:func:`hsmvault.wire.canonical_json.loads_strict`); refusals raise
+    :class:`MalformedWitnessAnswer`."""
+    return loads_strict(data, max_len=_MAX_ANSWER, what="answer", error=_bad)
 
 
 def _fields(value: object, keys: Iterable[str], what: str) -> dict[str, Any]:
@@ -375,7 +347,7 @@ def _check_u64(value: int, what: str) -> int:
     return value
 
 
-class WitnessClient:
+class WitnessClient(ClosingContext):
     """``WitnessClient("http://127.0.0.1:8440")``; use as a context manager or
     :meth:`close` it."""
 
@@ -398,17 +370,6 @@ class WitnessClient:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ transport
 

@@ -70,6 +70,26 @@ def _new_schema(server: PostgresServer) -> str:
     return f"{server.dsn()} options='-csearch_path={name}'"
 
 
+def contract_stores(
+    request: pytest.FixtureRequest, tmp_path: Path, memory: Callable[[], object]
+) -> Iterator[object]:
+    """The store of a contract suite parametrized over ``"memory"`` and
+    :data:`META_BACKENDS`: ``memory()`` (the gateway tests' fake), or a fresh SQLite or
+    PostgreSQL metadata store, closed when the fixture is torn down. Yields exactly once;
+    the fixture checks the store against its Protocol."""
+    if request.param == "memory":
+        yield memory()
+        return
+    opened: MetadataStore
+    if request.param == "sqlite":
+        opened = SqliteMetadataStore(tmp_path / "meta.sqlite3")
+    else:
+        assert request.param == "postgres"
+        opened = PostgresMetadataStore(_new_schema(request.getfixturevalue("postgres_server")))
+    yield opened
+    opened.close()
+
+
 @pytest.fixture(params=BLOB_BACKENDS)
 def open_blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobOpener:
     """Opens a BlobStore of the parametrized backend on this test's fresh backing."""

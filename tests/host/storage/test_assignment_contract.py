@@ -13,29 +13,19 @@ import pytest
 
 from hsmvault.errors import InvalidParameter
 from hsmvault.host.storage.base import FleetAssignmentStore, MetadataStore
-from hsmvault.host.storage.postgres import PostgresMetadataStore
-from hsmvault.host.storage.sqlite import SqliteMetadataStore
 
 from ..assignment_fakes import MemoryFleetAssignments
-from .conftest import MetaOpener, _new_schema
+from .conftest import META_BACKENDS, MetaOpener, contract_stores
 
 ALICE = b"alice@example.org"
 BOB = "bób\x00binary".encode()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", *META_BACKENDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetAssignmentStore]:
-    if request.param == "memory":
-        yield MemoryFleetAssignments()
-        return
-    opened: MetadataStore
-    if request.param == "sqlite":
-        opened = SqliteMetadataStore(tmp_path / "meta.sqlite3")
-    else:
-        opened = PostgresMetadataStore(_new_schema(request.getfixturevalue("postgres_server")))
-    assert isinstance(opened, FleetAssignmentStore)
-    yield opened
-    opened.close()
+    for opened in contract_stores(request, tmp_path, MemoryFleetAssignments):
+        assert isinstance(opened, FleetAssignmentStore)
+        yield opened
 
 
 def test_the_sql_metadata_stores_are_assignment_stores(metadata_store: MetadataStore) -> None:

@@ -19,12 +19,10 @@ from hsmvault.host.storage.base import (
     PasskeyRecord,
     PasskeyStore,
 )
-from hsmvault.host.storage.postgres import PostgresMetadataStore
 from hsmvault.host.storage.sql_common import decode_offered_salts, encode_offered_salts
-from hsmvault.host.storage.sqlite import SqliteMetadataStore
 
 from ..passkey_fakes import MemoryPasskeyStore
-from .conftest import MetaOpener, _new_schema
+from .conftest import META_BACKENDS, MetaOpener, contract_stores
 
 ALICE = b"alice@example.org"
 BOB = "bób\x00binary".encode()
@@ -64,19 +62,11 @@ def challenge(
     return PasskeyChallenge(value, user, ceremony, expires_at, **fields)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", *META_BACKENDS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PasskeyStore]:
-    if request.param == "memory":
-        yield MemoryPasskeyStore()
-        return
-    opened: MetadataStore
-    if request.param == "sqlite":
-        opened = SqliteMetadataStore(tmp_path / "meta.sqlite3")
-    else:
-        opened = PostgresMetadataStore(_new_schema(request.getfixturevalue("postgres_server")))
-    assert isinstance(opened, PasskeyStore)
-    yield opened
-    opened.close()
+    for opened in contract_stores(request, tmp_path, MemoryPasskeyStore):
+        assert isinstance(opened, PasskeyStore)
+        yield opened
 
 
 def test_the_sql_metadata_stores_are_passkey_stores(metadata_store: MetadataStore) -> None:

@@ -280,6 +280,31 @@ def _store_wrap(
     salt = salts.get(credential_id)
     if salt is None:
         raise DecodeError("gateway answer: no PRF salt for the credential")
+    _wrap_and_put(
+        api,
+        authenticator,
+        options,
+        credential_id=credential_id,
+        salt=salt,
+        backup_key=backup_key,
+        salt_mismatch="gateway answer: the stored salt is not the one used",
+    )
+
+
+def _wrap_and_put(
+    api: PasskeyApi,
+    authenticator: Authenticator,
+    options: Mapping[str, Any],
+    *,
+    credential_id: bytes,
+    salt: bytes,
+    backup_key: BackupKey,
+    salt_mismatch: str,
+) -> None:
+    """Assert with ``credential_id`` under request ``options``, evaluating the PRF on
+    ``salt``; store ``backup_key`` wrapped under that PRF output. Raises
+    InvalidParameter (another credential answered), PrfUnavailable, and
+    DecodeError(``salt_mismatch``) when the gateway reports another stored salt."""
     asserted = authenticator.get(options, {credential_id: salt})
     if asserted.credential_id != credential_id:
         raise InvalidParameter("the authenticator answered with another credential")
@@ -291,9 +316,9 @@ def _store_wrap(
         rp_id=_rp_id(options, creation=False),
         credential_id=credential_id,
     )
-    stored_salt = api.put_wrapped_key(credential_id, asserted.response_json, wrapped)
-    if stored_salt != salt:
-        raise DecodeError("gateway answer: the stored salt is not the one used")
+    stored = api.put_wrapped_key(credential_id, asserted.response_json, wrapped)
+    if stored != salt:
+        raise DecodeError(salt_mismatch)
 
 
 def recover(
@@ -330,20 +355,15 @@ def rotate_salt(
     PRF output (the gateway commits both together; the old wrap is gone)."""
     _check_backup_key(backup_key)
     options, salt = api.salt_rotation(credential_id)
-    asserted = authenticator.get(options, {credential_id: salt})
-    if asserted.credential_id != credential_id:
-        raise InvalidParameter("the authenticator answered with another credential")
-    if asserted.prf_output is None:
-        raise PrfUnavailable("the authenticator gives no PRF output")
-    wrapped = wrap_with_prf(
-        asserted.prf_output,
-        backup_key,
-        rp_id=_rp_id(options, creation=False),
+    _wrap_and_put(
+        api,
+        authenticator,
+        options,
         credential_id=credential_id,
+        salt=salt,
+        backup_key=backup_key,
+        salt_mismatch="gateway answer: the stored salt is not the new one",
     )
-    stored = api.put_wrapped_key(credential_id, asserted.response_json, wrapped)
-    if stored != salt:
-        raise DecodeError("gateway answer: the stored salt is not the new one")
     _log.info("passkey salt rotated")
 
 

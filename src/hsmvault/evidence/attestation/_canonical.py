@@ -3,20 +3,21 @@
 The rules of ADR 0010: UTF-8 restricted to ASCII, ``sort_keys``, no whitespace
 (``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``); the
 parser re-serialises and demands byte equality, and refuses duplicate keys, floats,
-NaN/Infinity, and (through the field helpers) unknown or missing keys, wrong types,
-booleans for integers, non-lowercase hex and non-canonical base64. Every refusal is an
-:class:`~hsmvault.evidence.attestation.base.AttestationFormatError`.
+NaN/Infinity, integers over 20 digits, and (through the field helpers) unknown or
+missing keys, wrong types, booleans for integers, non-lowercase hex and non-canonical
+base64. Every refusal is an
+:class:`~hsmvault.evidence.attestation.base.AttestationFormatError`. The rules are
+:mod:`hsmvault.wire.canonical_json`'s (measured with ``hsmvault/wire``); this module
+binds them to that error.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 from typing import Any
 
 from hsmvault.evidence.attestation.base import AttestationFormatError
+from hsmvault.wire import canonical_json as cj
+from hsmvault.wire.canonical_json import canonical_json as canonical
 
 __all__ = [
     "b64_field",
@@ -29,56 +30,24 @@ __all__ = [
     "str_field",
 ]
 
-_HEX = re.compile(r"(?:[0-9a-f]{2})+")
-
-
-def canonical(obj: object) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise AttestationFormatError("attestation document repeats a key")
-        result[key] = value
-    return result
-
-
-def _refuse_number(text: str) -> Any:
-    raise AttestationFormatError("attestation document holds a non-integer number")
+_E = AttestationFormatError
 
 
 def parse_canonical(data: bytes) -> dict[str, Any]:
-    try:
-        text = data.decode("ascii")
-        obj = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_refuse_number,
-            parse_constant=_refuse_number,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise AttestationFormatError("attestation document is not JSON") from None
+    """A canonical JSON object (:func:`hsmvault.wire.canonical_json.parse_canonical_json`,
+    no size bound: callers bound their inputs)."""
+    obj = cj.parse_canonical_json(data, max_len=None, what="attestation document", error=_E)
     if not isinstance(obj, dict):
         raise AttestationFormatError("attestation document is not a JSON object")
-    if canonical(obj) != data:
-        raise AttestationFormatError("attestation document is not canonical JSON")
     return obj
 
 
 def keys_field(obj: object, keys: frozenset[str], what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict) or set(obj) != keys:
-        raise AttestationFormatError(f"{what} has missing or unknown fields")
-    return obj
+    return cj.fields(obj, keys, what, error=_E)
 
 
 def str_field(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise AttestationFormatError(f"{what} must be a string")
-    return value
+    return cj.read_str(value, what, error=_E)
 
 
 def bool_field(value: object, what: str) -> bool:
@@ -88,24 +57,14 @@ def bool_field(value: object, what: str) -> bool:
 
 
 def int_field(value: object, what: str, low: int, high: int) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
-        raise AttestationFormatError(f"{what} must be an integer in {low}..{high}")
-    return value
+    return cj.read_int(value, what, low, high, error=_E)
 
 
 def hex_field(value: object, what: str, low: int, high: int) -> bytes:
-    text = str_field(value, what)
-    if not _HEX.fullmatch(text) or not low <= len(text) // 2 <= high:
-        raise AttestationFormatError(f"{what} must be {low}..{high} bytes of lowercase hex")
-    return bytes.fromhex(text)
+    """Lowercase hex of ``low..high`` bytes (``low`` is at least 1 at every caller)."""
+    return cj.read_hex(value, what, low, high, error=_E)
 
 
 def b64_field(value: object, what: str) -> bytes:
-    text = str_field(value, what)
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise AttestationFormatError(f"{what} must be base64") from None
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise AttestationFormatError(f"{what} must be canonical base64")
-    return raw
+    """Canonical standard padded base64 of any length."""
+    return cj.read_b64(value, what, error=_E)

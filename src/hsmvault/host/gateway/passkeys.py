@@ -562,6 +562,20 @@ class PasskeyService:
             user_id, credential, ("authentication",), origins
         )
         self._check_offered_salt(challenge, record)
+        return self._commit_use(user_id, record, auth_data)
+
+    def _commit_use(
+        self,
+        user_id: bytes,
+        record: PasskeyRecord,
+        auth_data: AuthenticatorData,
+        *,
+        prf_salt: bytes | None = None,
+        wrapped_key: bytes | None = None,
+    ) -> PasskeyRecord:
+        """The final compare-and-set of a verified assertion: the new sign count and
+        last use (and ``prf_salt``/``wrapped_key`` when given), only if the record is
+        still the one verified against; else the 409 of :meth:`_changed`."""
         updated = self._passkeys().update_passkey(
             user_id,
             record.credential_id,
@@ -569,6 +583,8 @@ class PasskeyService:
             expected_prf_salt=record.prf_salt,
             sign_count=auth_data.counter,
             last_used_at=self._clock(),
+            prf_salt=prf_salt,
+            wrapped_key=wrapped_key,
         )
         if updated is None:
             raise self._changed()
@@ -609,19 +625,9 @@ class PasskeyService:
             new_salt = challenge.new_prf_salt
         else:
             self._check_offered_salt(challenge, record)
-        updated = self._passkeys().update_passkey(
-            user_id,
-            record.credential_id,
-            expected_sign_count=record.sign_count,
-            expected_prf_salt=record.prf_salt,
-            sign_count=auth_data.counter,
-            last_used_at=self._clock(),
-            prf_salt=new_salt,
-            wrapped_key=wrapped_key,
+        return self._commit_use(
+            user_id, record, auth_data, prf_salt=new_salt, wrapped_key=wrapped_key
         )
-        if updated is None:
-            raise self._changed()
-        return updated
 
     # -------------------------------------------------------------- listing, removal
 

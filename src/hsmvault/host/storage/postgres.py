@@ -31,7 +31,6 @@ from psycopg import pq
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError, Unavailable
 from hsmvault.host.storage import sql_common
-from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyRecord, UploadMeta
 from hsmvault.host.storage.sql_common import Params, Row, pyformat
 
 __all__ = ["MIGRATIONS", "PostgresMetadataStore"]
@@ -153,8 +152,13 @@ class _Pool:
                 return
 
 
-class PostgresMetadataStore:
+class PostgresMetadataStore(sql_common.SqlMetadataStore):
     """Metadata in the PostgreSQL database named by ``dsn``."""
+
+    _integrity_error = psycopg.errors.UniqueViolation
+    # DELETE ... RETURNING first: raising inside the transaction rolls it back.
+    _delete_returning = True
+    _collate_c = True
 
     def __init__(self, dsn: str, *, max_connections: int = 8, timeout: float = 30.0) -> None:
         if max_connections < 1:
@@ -179,129 +183,15 @@ class PostgresMetadataStore:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             sql_common.migrate(_PgTx(conn), MIGRATIONS)
 
-    def schema_version(self) -> int:
+    @contextmanager
+    def _read_tx(self) -> Iterator[sql_common.Tx]:
         with self._pool.connection() as conn:
-            row = conn.execute(sql_common.SELECT_SCHEMA_VERSION).fetchone()
-        assert row is not None
-        return int(row[0])
+            yield _PgTx(conn)
 
-    # -- MetadataStore ---------------------------------------------------------------
-
-    def create_upload(self, upload: UploadMeta) -> UploadMeta:
-        sql_common.check_upload(upload)
-        try:
-            with self._transaction((upload.user_id, upload.backup_id)) as conn:
-                return sql_common.create_upload(_PgTx(conn), upload)
-        except psycopg.errors.UniqueViolation:
-            raise InvalidParameter("upload_id already used for another upload") from None
-
-    def get_upload(self, user_id: bytes, backup_id: str, upload_id: str) -> UploadMeta | None:
-        with self._pool.connection() as conn:
-            return sql_common.get_upload(_PgTx(conn), user_id, backup_id, upload_id)
-
-    def commit_upload(self, upload: UploadMeta, committed_at: float) -> str | None:
-        """Atomically make ``upload`` the backup's current version; return the replaced
-        version's blob key (``None`` if there was none, or on a repeated commit).
-        Raises :class:`KeyError` if the upload does not exist."""
-        with self._transaction((upload.user_id, upload.backup_id)) as conn:
-            # DELETE ... RETURNING first: raising inside the transaction rolls it back.
-            return sql_common.commit_upload(
-                _PgTx(conn), upload, committed_at, delete_returning=True
-            )
-
-    def get_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
-        with self._pool.connection() as conn:
-            return sql_common.get_backup(_PgTx(conn), user_id, backup_id)
-
-    def list_backups(self, user_id: bytes) -> list[BackupMeta]:
-        with self._pool.connection() as conn:
-            return sql_common.list_backups(_PgTx(conn), user_id, collate_c=True)
-
-    def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
-        with self._transaction((user_id, backup_id)) as conn:
-            return sql_common.delete_backup(_PgTx(conn), user_id, backup_id)
-
-    # -- PasskeyStore (ADR 0011) ------------------------------------------------------
-
-    def add_passkey(self, record: PasskeyRecord) -> None:
-        sql_common.check_passkey_record(record)
-        try:
-            with self._transaction() as conn:
-                sql_common.add_passkey(_PgTx(conn), record)
-        except psycopg.errors.UniqueViolation:
-            raise InvalidParameter("credential id already registered") from None
-
-    def get_passkey(self, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None:
-        with self._pool.connection() as conn:
-            return sql_common.get_passkey(_PgTx(conn), user_id, credential_id)
-
-    def list_passkeys(self, user_id: bytes) -> list[PasskeyRecord]:
-        with self._pool.connection() as conn:
-            return sql_common.list_passkeys(_PgTx(conn), user_id)
-
-    def update_passkey(
-        self,
-        user_id: bytes,
-        credential_id: bytes,
-        *,
-        expected_sign_count: int,
-        expected_prf_salt: bytes,
-        sign_count: int,
-        last_used_at: float,
-        prf_salt: bytes | None = None,
-        wrapped_key: bytes | None = None,
-    ) -> PasskeyRecord | None:
-        sql_common.check_passkey_update(sign_count, prf_salt, wrapped_key)
-        # One UPDATE: the row lock makes the compare-and-set atomic.
-        with self._transaction() as conn:
-            return sql_common.update_passkey(
-                _PgTx(conn),
-                user_id,
-                credential_id,
-                expected_sign_count=expected_sign_count,
-                expected_prf_salt=expected_prf_salt,
-                sign_count=sign_count,
-                last_used_at=last_used_at,
-                prf_salt=prf_salt,
-                wrapped_key=wrapped_key,
-            )
-
-    def delete_passkey(self, user_id: bytes, credential_id: bytes) -> bool:
-        with self._transaction() as conn:
-            return sql_common.delete_passkey(_PgTx(conn), user_id, credential_id)
-
-    def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None:
-        sql_common.check_passkey_challenge(challenge)
-        try:
-            with self._transaction() as conn:
-                sql_common.put_challenge(_PgTx(conn), challenge, purge_before)
-        except psycopg.errors.UniqueViolation:
-            raise InvalidParameter("challenge already issued") from None
-
-    def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
-        # A conditional UPDATE: of racing transactions, one matches ``consumed = false``.
-        with self._transaction() as conn:
-            return sql_common.consume_challenge(_PgTx(conn), user_id, challenge)
-
-    # -- FleetAssignmentStore (ADR 0013) ----------------------------------------------
-
-    def get_fleet_assignment(self, user_id: bytes) -> str | None:
-        with self._pool.connection() as conn:
-            return sql_common.get_fleet_assignment(_PgTx(conn), user_id)
-
-    def set_fleet_assignment(self, user_id: bytes, fleet: str, assigned_at: float) -> None:
-        sql_common.check_fleet_assignment(user_id, fleet)
-        with self._transaction() as conn:  # one upsert: atomic on its own
-            sql_common.set_fleet_assignment(_PgTx(conn), user_id, fleet, assigned_at)
-
-    def clear_fleet_assignment(self, user_id: bytes, fleet: str) -> bool:
-        sql_common.check_fleet_assignment(user_id, fleet)
-        with self._transaction() as conn:
-            return sql_common.clear_fleet_assignment(_PgTx(conn), user_id, fleet)
-
-    def count_fleet_assignments(self, fleet: str) -> int:
-        with self._pool.connection() as conn:
-            return sql_common.count_fleet_assignments(_PgTx(conn), fleet)
+    @contextmanager
+    def _write_tx(self, lock: tuple[bytes, str] | None = None) -> Iterator[sql_common.Tx]:
+        with self._transaction(lock) as conn:
+            yield _PgTx(conn)
 
     def close(self) -> None:
         self._pool.close()

@@ -4,15 +4,18 @@ adapters (:mod:`.sqlite`, :mod:`.postgres`).
 The flows here run inside a transaction (or on a plain connection, for reads) that the
 adapter opens; they talk to it through :class:`Tx`, a tiny cursor interface. Statements
 are written with ``?`` placeholders; :func:`pyformat` turns them into ``%s`` for
-PostgreSQL. Connections, locking, migration locking and the mapping of driver errors stay
-in the adapters.
+PostgreSQL. :class:`SqlMetadataStore` holds the adapters' store methods, each a call of
+the flow of the same name; connections, locking, migration locking and the driver's
+integrity error stay in the adapters.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Protocol
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Protocol
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError
 from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyRecord, UploadMeta
@@ -33,6 +36,7 @@ __all__ = [
     "SELECT_SCHEMA_VERSION",
     "Params",
     "Row",
+    "SqlMetadataStore",
     "Tx",
     "add_passkey",
     "backup_from_row",
@@ -455,7 +459,8 @@ def list_passkeys(tx: Tx, user_id: bytes) -> list[PasskeyRecord]:
 def check_passkey_update(
     sign_count: int, prf_salt: bytes | None, wrapped_key: bytes | None
 ) -> None:
-    """The argument checks of ``update_passkey`` (before any transaction)."""
+    """The argument checks of ``PasskeyStore.update_passkey`` (before any transaction;
+    the tests' in-memory store makes them too)."""
     check_sign_count(sign_count)
     if prf_salt is not None:
         check_prf_salt(prf_salt)
@@ -581,3 +586,158 @@ def count_fleet_assignments(tx: Tx, fleet: str) -> int:
     check_fleet_name(fleet)
     row = tx.fetchone(_COUNT_ASSIGNMENTS, (fleet,))
     return 0 if row is None else int(row[0])
+
+
+# -- the adapters' methods ---------------------------------------------------------------
+
+
+class SqlMetadataStore(abc.ABC):
+    """The :class:`~hsmvault.host.storage.base.MetadataStore`,
+    :class:`~hsmvault.host.storage.base.PasskeyStore` and
+    :class:`~hsmvault.host.storage.base.FleetAssignmentStore` methods of the SQL
+    adapters, written once over the flows above. An adapter supplies connections and
+    transactions (:meth:`_read_tx`, :meth:`_write_tx`), :meth:`close` and three class
+    attributes. Each method checks its arguments before any transaction is opened, then
+    runs the module-level flow of the same name."""
+
+    #: The driver's exception for a violated ``UNIQUE``/``PRIMARY KEY`` constraint
+    #: (mapped to :class:`InvalidParameter`).
+    _integrity_error: ClassVar[type[Exception]]
+    #: How ``commit_upload`` takes the upload row (see :func:`commit_upload`).
+    _delete_returning: ClassVar[bool]
+    #: Whether ``list_backups`` orders under an explicit ``COLLATE "C"``.
+    _collate_c: ClassVar[bool]
+
+    @abc.abstractmethod
+    def _read_tx(self) -> AbstractContextManager[Tx]:
+        """A connection for reads outside an explicit transaction."""
+
+    @abc.abstractmethod
+    def _write_tx(self, lock: tuple[bytes, str] | None = None) -> AbstractContextManager[Tx]:
+        """One write transaction: committed when the block exits normally, rolled back
+        if it raises. With ``lock``, writes of that ``(user_id, backup_id)`` serialize
+        (so each replaced blob key is returned to exactly one caller)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def schema_version(self) -> int:
+        with self._read_tx() as tx:
+            row = tx.fetchone(SELECT_SCHEMA_VERSION)
+        assert row is not None
+        return int(row[0])
+
+    # -- MetadataStore ---------------------------------------------------------------
+
+    def create_upload(self, upload: UploadMeta) -> UploadMeta:
+        check_upload(upload)
+        try:
+            with self._write_tx((upload.user_id, upload.backup_id)) as tx:
+                return create_upload(tx, upload)
+        except self._integrity_error:
+            raise InvalidParameter("upload_id already used for another upload") from None
+
+    def get_upload(self, user_id: bytes, backup_id: str, upload_id: str) -> UploadMeta | None:
+        with self._read_tx() as tx:
+            return get_upload(tx, user_id, backup_id, upload_id)
+
+    def commit_upload(self, upload: UploadMeta, committed_at: float) -> str | None:
+        """Atomically make ``upload`` the backup's current version; return the replaced
+        version's blob key (``None`` if there was none, or on a repeated commit).
+        Raises :class:`KeyError` if the upload does not exist."""
+        with self._write_tx((upload.user_id, upload.backup_id)) as tx:
+            return commit_upload(tx, upload, committed_at, delete_returning=self._delete_returning)
+
+    def get_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
+        with self._read_tx() as tx:
+            return get_backup(tx, user_id, backup_id)
+
+    def list_backups(self, user_id: bytes) -> list[BackupMeta]:
+        with self._read_tx() as tx:
+            return list_backups(tx, user_id, collate_c=self._collate_c)
+
+    def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
+        with self._write_tx((user_id, backup_id)) as tx:
+            return delete_backup(tx, user_id, backup_id)
+
+    # -- PasskeyStore (ADR 0011) ------------------------------------------------------
+
+    def add_passkey(self, record: PasskeyRecord) -> None:
+        check_passkey_record(record)
+        try:
+            with self._write_tx() as tx:
+                add_passkey(tx, record)
+        except self._integrity_error:
+            raise InvalidParameter("credential id already registered") from None
+
+    def get_passkey(self, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None:
+        with self._read_tx() as tx:
+            return get_passkey(tx, user_id, credential_id)
+
+    def list_passkeys(self, user_id: bytes) -> list[PasskeyRecord]:
+        with self._read_tx() as tx:
+            return list_passkeys(tx, user_id)
+
+    def update_passkey(
+        self,
+        user_id: bytes,
+        credential_id: bytes,
+        *,
+        expected_sign_count: int,
+        expected_prf_salt: bytes,
+        sign_count: int,
+        last_used_at: float,
+        prf_salt: bytes | None = None,
+        wrapped_key: bytes | None = None,
+    ) -> PasskeyRecord | None:
+        """One conditional ``UPDATE`` in a write transaction: the compare-and-set is
+        atomic."""
+        check_passkey_update(sign_count, prf_salt, wrapped_key)
+        with self._write_tx() as tx:
+            return update_passkey(
+                tx,
+                user_id,
+                credential_id,
+                expected_sign_count=expected_sign_count,
+                expected_prf_salt=expected_prf_salt,
+                sign_count=sign_count,
+                last_used_at=last_used_at,
+                prf_salt=prf_salt,
+                wrapped_key=wrapped_key,
+            )
+
+    def delete_passkey(self, user_id: bytes, credential_id: bytes) -> bool:
+        with self._write_tx() as tx:
+            return delete_passkey(tx, user_id, credential_id)
+
+    def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None:
+        check_passkey_challenge(challenge)
+        try:
+            with self._write_tx() as tx:
+                put_challenge(tx, challenge, purge_before)
+        except self._integrity_error:
+            raise InvalidParameter("challenge already issued") from None
+
+    def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
+        with self._write_tx() as tx:
+            return consume_challenge(tx, user_id, challenge)
+
+    # -- FleetAssignmentStore (ADR 0013) ----------------------------------------------
+
+    def get_fleet_assignment(self, user_id: bytes) -> str | None:
+        with self._read_tx() as tx:
+            return get_fleet_assignment(tx, user_id)
+
+    def set_fleet_assignment(self, user_id: bytes, fleet: str, assigned_at: float) -> None:
+        check_fleet_assignment(user_id, fleet)
+        with self._write_tx() as tx:  # one upsert: atomic on its own
+            set_fleet_assignment(tx, user_id, fleet, assigned_at)
+
+    def clear_fleet_assignment(self, user_id: bytes, fleet: str) -> bool:
+        check_fleet_assignment(user_id, fleet)
+        with self._write_tx() as tx:
+            return clear_fleet_assignment(tx, user_id, fleet)
+
+    def count_fleet_assignments(self, fleet: str) -> int:
+        with self._read_tx() as tx:
+            return count_fleet_assignments(tx, fleet)

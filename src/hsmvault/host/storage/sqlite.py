@@ -28,7 +28,6 @@ from pathlib import Path
 
 from hsmvault.errors import InvalidParameter, ProtocolStateError
 from hsmvault.host.storage import sql_common
-from hsmvault.host.storage.base import BackupMeta, PasskeyChallenge, PasskeyRecord, UploadMeta
 from hsmvault.host.storage.sql_common import Params, Row
 
 __all__ = ["MIGRATIONS", "SqliteMetadataStore"]
@@ -83,9 +82,13 @@ class _SqliteTx:
         return self._conn.execute(sql, () if params is None else params).fetchall()
 
 
-class SqliteMetadataStore:
+class SqliteMetadataStore(sql_common.SqlMetadataStore):
     """Metadata in the SQLite database at ``path`` (created 0600 if missing; its parent
     directory is created 0700)."""
+
+    _integrity_error = sqlite3.IntegrityError
+    _delete_returning = False
+    _collate_c = False
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self._path = Path(path)
@@ -141,117 +144,15 @@ class SqliteMetadataStore:
         with self._write() as conn:
             sql_common.migrate(_SqliteTx(conn), MIGRATIONS)
 
-    def schema_version(self) -> int:
-        row = self._conn().execute(sql_common.SELECT_SCHEMA_VERSION).fetchone()
-        return int(row[0])
+    @contextmanager
+    def _read_tx(self) -> Iterator[sql_common.Tx]:
+        yield _SqliteTx(self._conn())
 
-    # -- MetadataStore ---------------------------------------------------------------
-
-    def create_upload(self, upload: UploadMeta) -> UploadMeta:
-        sql_common.check_upload(upload)
-        try:
-            with self._write() as conn:
-                return sql_common.create_upload(_SqliteTx(conn), upload)
-        except sqlite3.IntegrityError:
-            raise InvalidParameter("upload_id already used for another upload") from None
-
-    def get_upload(self, user_id: bytes, backup_id: str, upload_id: str) -> UploadMeta | None:
-        return sql_common.get_upload(_SqliteTx(self._conn()), user_id, backup_id, upload_id)
-
-    def commit_upload(self, upload: UploadMeta, committed_at: float) -> str | None:
-        """Atomically make ``upload`` the backup's current version; return the replaced
-        version's blob key (``None`` if there was none, or on a repeated commit).
-        Raises :class:`KeyError` if the upload does not exist."""
+    @contextmanager
+    def _write_tx(self, lock: tuple[bytes, str] | None = None) -> Iterator[sql_common.Tx]:
+        # ``lock`` is not needed: BEGIN IMMEDIATE serializes every writer.
         with self._write() as conn:
-            return sql_common.commit_upload(
-                _SqliteTx(conn), upload, committed_at, delete_returning=False
-            )
-
-    def get_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
-        return sql_common.get_backup(_SqliteTx(self._conn()), user_id, backup_id)
-
-    def list_backups(self, user_id: bytes) -> list[BackupMeta]:
-        return sql_common.list_backups(_SqliteTx(self._conn()), user_id)
-
-    def delete_backup(self, user_id: bytes, backup_id: str) -> BackupMeta | None:
-        with self._write() as conn:
-            return sql_common.delete_backup(_SqliteTx(conn), user_id, backup_id)
-
-    # -- PasskeyStore (ADR 0011) ------------------------------------------------------
-
-    def add_passkey(self, record: PasskeyRecord) -> None:
-        sql_common.check_passkey_record(record)
-        try:
-            with self._write() as conn:
-                sql_common.add_passkey(_SqliteTx(conn), record)
-        except sqlite3.IntegrityError:
-            raise InvalidParameter("credential id already registered") from None
-
-    def get_passkey(self, user_id: bytes, credential_id: bytes) -> PasskeyRecord | None:
-        return sql_common.get_passkey(_SqliteTx(self._conn()), user_id, credential_id)
-
-    def list_passkeys(self, user_id: bytes) -> list[PasskeyRecord]:
-        return sql_common.list_passkeys(_SqliteTx(self._conn()), user_id)
-
-    def update_passkey(
-        self,
-        user_id: bytes,
-        credential_id: bytes,
-        *,
-        expected_sign_count: int,
-        expected_prf_salt: bytes,
-        sign_count: int,
-        last_used_at: float,
-        prf_salt: bytes | None = None,
-        wrapped_key: bytes | None = None,
-    ) -> PasskeyRecord | None:
-        sql_common.check_passkey_update(sign_count, prf_salt, wrapped_key)
-        with self._write() as conn:
-            return sql_common.update_passkey(
-                _SqliteTx(conn),
-                user_id,
-                credential_id,
-                expected_sign_count=expected_sign_count,
-                expected_prf_salt=expected_prf_salt,
-                sign_count=sign_count,
-                last_used_at=last_used_at,
-                prf_salt=prf_salt,
-                wrapped_key=wrapped_key,
-            )
-
-    def delete_passkey(self, user_id: bytes, credential_id: bytes) -> bool:
-        with self._write() as conn:
-            return sql_common.delete_passkey(_SqliteTx(conn), user_id, credential_id)
-
-    def put_challenge(self, challenge: PasskeyChallenge, *, purge_before: float) -> None:
-        sql_common.check_passkey_challenge(challenge)
-        try:
-            with self._write() as conn:
-                sql_common.put_challenge(_SqliteTx(conn), challenge, purge_before)
-        except sqlite3.IntegrityError:
-            raise InvalidParameter("challenge already issued") from None
-
-    def consume_challenge(self, user_id: bytes, challenge: bytes) -> PasskeyChallenge | None:
-        with self._write() as conn:
-            return sql_common.consume_challenge(_SqliteTx(conn), user_id, challenge)
-
-    # -- FleetAssignmentStore (ADR 0013) ----------------------------------------------
-
-    def get_fleet_assignment(self, user_id: bytes) -> str | None:
-        return sql_common.get_fleet_assignment(_SqliteTx(self._conn()), user_id)
-
-    def set_fleet_assignment(self, user_id: bytes, fleet: str, assigned_at: float) -> None:
-        sql_common.check_fleet_assignment(user_id, fleet)
-        with self._write() as conn:
-            sql_common.set_fleet_assignment(_SqliteTx(conn), user_id, fleet, assigned_at)
-
-    def clear_fleet_assignment(self, user_id: bytes, fleet: str) -> bool:
-        sql_common.check_fleet_assignment(user_id, fleet)
-        with self._write() as conn:
-            return sql_common.clear_fleet_assignment(_SqliteTx(conn), user_id, fleet)
-
-    def count_fleet_assignments(self, fleet: str) -> int:
-        return sql_common.count_fleet_assignments(_SqliteTx(self._conn()), fleet)
+            yield _SqliteTx(conn)
 
     def close(self) -> None:
         with self._lock:

@@ -37,14 +37,13 @@ import struct
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from hsmvault.closing import ClosingContext
 from hsmvault.errors import (
     CustodyError,
     DecodeError,
@@ -219,7 +218,7 @@ class SealedBlob:
         return cls(node_id, purpose, nonce, data[pos:])
 
 
-class KeyCustody(ABC):
+class KeyCustody(ClosingContext, ABC):
     """A node's key custody: identity signing and sealing, keys never handed out.
 
     Thread-safe: operations are serialized (PKCS#11 sessions are not re-entrant).
@@ -331,17 +330,6 @@ class KeyCustody(ABC):
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

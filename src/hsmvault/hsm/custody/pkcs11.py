@@ -29,7 +29,6 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
@@ -48,6 +47,14 @@ from pkcs11.types import (
 from hsmvault.errors import InvalidParameter, VerificationError
 from hsmvault.hsm.custody.base import TAG_LEN, CustodyError, KeyCustody
 from hsmvault.hsm.nvram import NodeIdentity, SignatureAlgorithm
+from hsmvault.pkcs11_tokens import (
+    ED25519_EC_PARAMS,
+    LOCKED_KEY_TEMPLATE,
+    check_protected,
+    open_token_session,
+)
+from hsmvault.pkcs11_tokens import find_one as _one
+from hsmvault.pkcs11_tokens import token_error as _err
 
 __all__ = [
     "IDENTITY_KEY_ID",
@@ -64,11 +71,9 @@ IDENTITY_KEY_LABEL = "hsmvault-identity-key-v1"
 IDENTITY_KEY_ID = b"hsmvault/identity/1"
 
 #: DER of the named-curve parameters (CKA_EC_PARAMS).
-_ED25519_OID = bytes.fromhex("06032b6570")  # 1.3.101.112
-_ED25519_NAME = b"\x13\x0cedwards25519"  # PrintableString, the PKCS#11 3.0 alternative
 _P256_OID = bytes.fromhex("06082a8648ce3d030107")  # 1.2.840.10045.3.1.7
 _EC_PARAMS = {
-    SignatureAlgorithm.ED25519: (_ED25519_OID, _ED25519_NAME),
+    SignatureAlgorithm.ED25519: ED25519_EC_PARAMS,
     SignatureAlgorithm.ECDSA_P256_SHA256: (_P256_OID,),
 }
 _KEY_TYPE = {
@@ -85,17 +90,6 @@ _AUTH_FAILURES = (
     pkcs11.exceptions.EncryptedDataLenRange,
     pkcs11.exceptions.FunctionFailed,
 )
-
-#: Protections every private/secret key of ours must carry when we open it.
-_REQUIRED_PROTECTIONS = {
-    Attribute.TOKEN: True,
-    Attribute.PRIVATE: True,
-    Attribute.SENSITIVE: True,
-    Attribute.ALWAYS_SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    Attribute.NEVER_EXTRACTABLE: True,
-    Attribute.LOCAL: True,
-}
 
 _open_tokens: set[tuple[str, str]] = set()
 _open_tokens_lock = threading.Lock()
@@ -119,25 +113,6 @@ class Pkcs11Config:
 
 def _registration_key(config: Pkcs11Config) -> tuple[str, str]:
     return (os.path.realpath(config.module_path), config.token_label)
-
-
-def _err(what: str, exc: BaseException) -> CustodyError:
-    # The PKCS#11 error class names the CKR_ code; python-pkcs11 messages carry no PINs.
-    return CustodyError(f"{what} ({type(exc).__name__})")
-
-
-def _one(session: Session, attrs: dict[Attribute, Any]) -> Object | None:
-    found = list(session.get_objects(attrs))
-    if len(found) > 1:
-        raise CustodyError("token holds more than one key under an hsmvault label")
-    return found[0] if found else None
-
-
-def _check_protected(key: Object, what: str) -> None:
-    values = key.get_attributes(list(_REQUIRED_PROTECTIONS))
-    for attribute, wanted in _REQUIRED_PROTECTIONS.items():
-        if bool(values.get(attribute)) is not wanted:
-            raise CustodyError(f"{what} in the token is not protected as required")
 
 
 def _ec_point(raw: bytes, algorithm: SignatureAlgorithm) -> bytes:
@@ -206,18 +181,7 @@ class Pkcs11Custody(KeyCustody):
 
     @staticmethod
     def _login(config: Pkcs11Config) -> Session:
-        try:
-            lib = pkcs11.lib(config.module_path)
-        except Exception as exc:
-            raise _err("cannot load the PKCS#11 module", exc) from exc
-        try:
-            token = lib.get_token(token_label=config.token_label)
-        except pkcs11.exceptions.PKCS11Error as exc:
-            raise _err("cannot find exactly one token with the configured label", exc) from exc
-        try:
-            return token.open(rw=True, user_pin=config.user_pin)
-        except pkcs11.exceptions.PKCS11Error as exc:
-            raise _err("login to the token failed", exc) from exc
+        return open_token_session(config.module_path, config.token_label, config.user_pin)
 
     @classmethod
     def _find_or_create_keys(
@@ -262,14 +226,7 @@ class Pkcs11Custody(KeyCustody):
             label=SEALING_KEY_LABEL,
             store=True,
             capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-            template={
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.MODIFIABLE: False,
-                Attribute.COPYABLE: False,
-            },
+            template=dict(LOCKED_KEY_TEMPLATE),
         )
         public, private = session.generate_keypair(
             _KEY_TYPE[algorithm],
@@ -282,14 +239,7 @@ class Pkcs11Custody(KeyCustody):
                 Attribute.EC_PARAMS: _EC_PARAMS[algorithm][0],
                 Attribute.MODIFIABLE: False,
             },
-            private_template={
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.MODIFIABLE: False,
-                Attribute.COPYABLE: False,
-            },
+            private_template=dict(LOCKED_KEY_TEMPLATE),
         )
         return sealing, public, private
 
@@ -305,12 +255,12 @@ class Pkcs11Custody(KeyCustody):
             and sealing[Attribute.VALUE_LEN] == 32
         ):
             raise CustodyError("sealing key in the token is not an AES-256 key")
-        _check_protected(sealing, "sealing key")
+        check_protected(sealing, "sealing key")
         if not (isinstance(private, PrivateKey) and isinstance(private, SignMixin)):
             raise CustodyError("identity private key in the token cannot sign")
         if not isinstance(public, PublicKey):
             raise CustodyError("identity public key in the token is not a public key")
-        _check_protected(private, "identity private key")
+        check_protected(private, "identity private key")
         algorithms = {v: k for k, v in _KEY_TYPE.items()}
         algorithm = algorithms.get(private.key_type)
         if algorithm is None or public.key_type != private.key_type:

@@ -16,7 +16,6 @@ Names
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -25,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hsmvault.errors import InvalidParameter
 from hsmvault.transparency import log_entry
+from hsmvault.transparency.artifact import check_namespace as check_artifact_namespace
+from hsmvault.transparency.bundle import witness_key_id as key_id
 from hsmvault.transparency.plexi import SignatureMessage
 
 from .codec import U64_MAX, b64
@@ -42,7 +43,6 @@ __all__ = [
 
 RESERVED_SEGMENTS: Final = frozenset({"audits", "countersignature", "last-verified-epoch"})
 _WITNESS_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/~-]{0,254}")
-_MAX_NAMESPACE_LEN: Final = 255
 
 
 def check_witness_name(name: object) -> str:
@@ -52,13 +52,10 @@ def check_witness_name(name: object) -> str:
 
 
 def check_namespace(name: object) -> str:
-    """The namespace rules above; InvalidParameter otherwise."""
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name) <= _MAX_NAMESPACE_LEN
-        or not all(0x21 <= ord(c) <= 0x7E for c in name)
-    ):
-        raise InvalidParameter("namespace must be 1-255 printable ASCII characters, no spaces")
+    """The namespace rules above (the artifact's
+    :func:`~hsmvault.transparency.artifact.check_namespace` plus the segment rules);
+    InvalidParameter otherwise."""
+    name = check_artifact_namespace(name)
     for segment in name.split("/"):
         if segment in ("", ".", "..") or segment in RESERVED_SEGMENTS:
             raise InvalidParameter(
@@ -76,13 +73,6 @@ def check_operator_key(public_key: bytes) -> bytes:
     except ValueError:
         raise InvalidParameter("operator public key is not an Ed25519 key") from None
     return public_key
-
-
-def key_id(public_key: bytes) -> bytes:
-    """A witness key id (ADR 0010): SHA-256 of the raw 32-byte Ed25519 public key."""
-    if len(public_key) != 32:
-        raise InvalidParameter("an Ed25519 public key is 32 bytes")
-    return hashlib.sha256(public_key).digest()
 
 
 @dataclass(frozen=True)

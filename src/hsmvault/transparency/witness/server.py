@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import uvicorn
 
+from hsmvault.closing import ClosingContext
 from hsmvault.errors import InvalidParameter, Unavailable
 
 from .app import DEFAULT_MAX_BODY, create_app
@@ -131,7 +131,7 @@ def run_witness(
         witness.close()
 
 
-class WitnessServer:
+class WitnessServer(ClosingContext):
     """The witness served by uvicorn in a daemon thread of this process::
 
         with WitnessServer(WitnessConfig(data_dir)) as server:
@@ -184,19 +184,8 @@ class WitnessServer:
             sock.close()
         self.witness.close()
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class WitnessProcess:
+class WitnessProcess(ClosingContext):
     """``python -m hsmvault.transparency.witness serve`` in a child process.
 
     The child prints one JSON line ``{"url": ...}`` once it listens; :attr:`url` is it.
@@ -266,14 +255,3 @@ class WitnessProcess:
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         return self._proc.returncode
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -273,39 +273,37 @@ function publicExtensionResults(credential, atCreate) {
   return atCreate && prf && typeof prf.enabled === "boolean" ? { prf: { enabled: prf.enabled } } : {};
 }
 
-function registrationJSON(credential) {
-  const r = credential.response;
+// The PublicKeyCredential JSON around a ceremony's `response` part.
+function credentialJSON(credential, response, atCreate) {
   const json = {
     id: credential.id,
     rawId: b64urlEncode(credential.rawId),
     type: credential.type,
-    response: {
-      clientDataJSON: b64urlEncode(r.clientDataJSON),
-      attestationObject: b64urlEncode(r.attestationObject),
-      transports: typeof r.getTransports === "function" ? r.getTransports() : [],
-    },
-    clientExtensionResults: publicExtensionResults(credential, true),
+    response,
+    clientExtensionResults: publicExtensionResults(credential, atCreate),
   };
   if (credential.authenticatorAttachment) json.authenticatorAttachment = credential.authenticatorAttachment;
   return json;
 }
 
+function registrationJSON(credential) {
+  const r = credential.response;
+  return credentialJSON(credential, {
+    clientDataJSON: b64urlEncode(r.clientDataJSON),
+    attestationObject: b64urlEncode(r.attestationObject),
+    transports: typeof r.getTransports === "function" ? r.getTransports() : [],
+  }, true);
+}
+
 function authenticationJSON(credential) {
   const r = credential.response;
-  const json = {
-    id: credential.id,
-    rawId: b64urlEncode(credential.rawId),
-    type: credential.type,
-    response: {
-      clientDataJSON: b64urlEncode(r.clientDataJSON),
-      authenticatorData: b64urlEncode(r.authenticatorData),
-      signature: b64urlEncode(r.signature),
-    },
-    clientExtensionResults: publicExtensionResults(credential, false),
+  const response = {
+    clientDataJSON: b64urlEncode(r.clientDataJSON),
+    authenticatorData: b64urlEncode(r.authenticatorData),
+    signature: b64urlEncode(r.signature),
   };
-  if (r.userHandle) json.response.userHandle = b64urlEncode(r.userHandle);
-  if (credential.authenticatorAttachment) json.authenticatorAttachment = credential.authenticatorAttachment;
-  return json;
+  if (r.userHandle) response.userHandle = b64urlEncode(r.userHandle);
+  return credentialJSON(credential, response, false);
 }
 
 /** One assertion ceremony over options from the server: the credential, its PRF output, salt and RP id. */

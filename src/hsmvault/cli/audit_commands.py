@@ -42,9 +42,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from hsmvault.cli.device_trust import DevicePins, load_pins, save_pins
 from hsmvault.cli.local_deployment import NAMESPACE, DataLayout, read_state
 from hsmvault.cli.output import EXIT_OK
@@ -60,6 +57,7 @@ from hsmvault.transparency import merkle
 from hsmvault.transparency.artifact import ArtifactChange, FleetKeyArtifact, diff_artifacts
 from hsmvault.transparency.bundle import witness_key_id
 from hsmvault.transparency.checkpoint import Checkpoint
+from hsmvault.transparency.ed25519 import ed25519_verifies
 from hsmvault.transparency.operator_messages import countersignature_message
 from hsmvault.transparency.signed_note import Verifier
 from hsmvault.transparency.witness_client import (
@@ -121,14 +119,6 @@ class LogAuditReport:
     epochs: tuple[EpochReport, ...]
 
 
-def _ed25519_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def _check_signatures(
     entry: AuditEntry, witness: WitnessInfo, operator_keys: tuple[bytes, ...]
 ) -> None:
@@ -140,13 +130,13 @@ def _check_signatures(
         raise AuditFailure(f"signed by witness key {entry.key_id.hex()[:16]}…, not pinned", epoch)
     if entry.timestamp < key.not_before:
         raise AuditFailure("the witness signature predates its key's not_before", epoch)
-    if not _ed25519_ok(key.public_key, entry.signature, entry.message().encode()):
+    if not ed25519_verifies(key.public_key, entry.signature, entry.message().encode()):
         raise AuditFailure("the witness signature does not verify", epoch)
     counter = entry.operator_countersignature
     if counter is None:
         raise AuditFailure("the operator counter-signature is missing", epoch)
     message = countersignature_message(entry.signature)
-    if not any(_ed25519_ok(k, counter, message) for k in operator_keys):
+    if not any(ed25519_verifies(k, counter, message) for k in operator_keys):
         shown = ", ".join(k.hex()[:16] + "…" for k in operator_keys)
         raise AuditFailure(
             f"the operator counter-signature does not verify under the operator key ({shown})",
